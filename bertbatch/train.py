@@ -1,0 +1,270 @@
+"""Fine-tuning with transformers' Trainer: class weights, freezing, multi-label, early stopping, best checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+
+from .assets import resolve_model
+from .checkpoint import load_classifier, load_tokenizer
+from .config import TrainConfig
+from .data import LabeledData, file_hashes, read_labeled, split
+from .errors import InputError, require
+from .manifest import MANIFEST, sha256_file, versions, write_json_atomic
+from .metrics import metrics_from_logits
+
+log = logging.getLogger(__name__)
+
+TEST_SPLIT_FILE = "test_split.parquet"  # kept beside the checkpoint: export validates its graphs on it
+
+
+def fine_tune(data: str | Path, output: str | Path, config: TrainConfig | None = None, **overrides) -> dict:
+    """Fine-tune `config.base_model` on a labeled table and write a checkpoint directory to `output`.
+
+    Returns the manifest written to `output/bertbatch.json`. Nothing appears under `output` unless
+    training succeeds: the checkpoint is built in a temporary sibling directory and renamed into place.
+    """
+    config = replace(config or TrainConfig(), **overrides)
+    output = Path(output)
+    _check_output(output, config.overwrite)
+    started = time.time()
+
+    train_set, val_set, test_set = _load_splits(data, config)
+    torch = require("torch", "train")
+    transformers = require("transformers", "train")
+    transformers.set_seed(config.seed)
+
+    tokenizer = load_tokenizer(config.base_model)
+    model = load_classifier(
+        config.base_model,
+        allow_pickle=config.allow_pickle,
+        num_labels=len(train_set.labels),
+        id2label=dict(enumerate(train_set.labels)),
+        label2id={name: i for i, name in enumerate(train_set.labels)},
+        problem_type="multi_label_classification" if config.multi_label else "single_label_classification",
+        ignore_mismatched_sizes=True,  # a checkpoint with another head size gets a fresh head
+    )
+    max_length = _max_length(config.max_length, tokenizer, model)
+    frozen = freeze(model, config.freeze)
+
+    encode = lambda d: _encode(tokenizer, d, max_length)  # noqa: E731
+    weights = _class_weights(train_set) if config.class_weights == "auto" else None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bertbatch-train-", dir=output.parent) as workdir:
+        trainer = _trainer(model, tokenizer, encode(train_set), encode(val_set), config, workdir, weights, torch)
+        trainer.train()
+        # group_by_length also reorders predict() batches (transformers 4.57), so score against the label_ids
+        # returned with the predictions, never against test_set.targets in input order
+        test = trainer.predict(encode(test_set))
+        test_metrics = metrics_from_logits(test.predictions, test.label_ids, test_set.labels, config.multi_label)
+        val_metrics = trainer.evaluate()
+
+        staging = Path(workdir) / "model"
+        model = trainer.model
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.model_max_length = max_length
+        tokenizer.save_pretrained(staging)
+        _write_test_split(staging / TEST_SPLIT_FILE, test_set)
+        manifest = {
+            "name": output.name,
+            "labels": train_set.labels,
+            "problem_type": model.config.problem_type,
+            "max_length": max_length,
+            "text_column": config.text_column,
+            "train": {
+                "base_model": config.base_model,
+                "base_model_hash": _base_model_hash(config.base_model),
+                "data": {"train": str(data), "hashes": file_hashes(data)},
+                "rows": {"train": len(train_set), "validation": len(val_set), "test": len(test_set)},
+                "config": asdict(config),
+                "frozen_parameters": frozen,
+                "best_validation": {k: v for k, v in val_metrics.items() if isinstance(v, (int, float))},
+                "test_metrics": test_metrics,
+                "seconds": round(time.time() - started, 1),
+                "versions": versions("torch", "transformers"),
+            },
+            "weights_hash": sha256_file(staging / "model.safetensors"),
+        }
+        write_json_atomic(staging / MANIFEST, manifest)
+        _publish(staging, output)
+    return manifest
+
+
+def _check_output(output: Path, overwrite: bool) -> None:
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise InputError(f"Output {output} already exists and is not empty. Pass --overwrite to replace it.")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"Output {output} is a file; train writes a directory.")
+
+
+def _load_splits(data, config: TrainConfig) -> tuple[LabeledData, LabeledData, LabeledData]:
+    read = lambda path, labels: read_labeled(  # noqa: E731
+        path,
+        config.text_column,
+        config.label_column,
+        multi_label=config.multi_label,
+        label_delimiter=config.label_delimiter,
+        labels=labels,
+    )
+    full = read(data, list(config.labels) if config.labels else None)
+    if config.validation_data and config.test_data:
+        return full, read(config.validation_data, full.labels), read(config.test_data, full.labels)
+    train, val, test = split(full, (config.validation_fraction, config.test_fraction), config.seed)
+    if config.validation_data:  # the split's validation rows go back to training
+        return full.subset(np.r_[train, val]), read(config.validation_data, full.labels), full.subset(test)
+    if config.test_data:
+        return full.subset(np.r_[train, test]), full.subset(val), read(config.test_data, full.labels)
+    return full.subset(train), full.subset(val), full.subset(test)
+
+
+def _max_length(requested: int, tokenizer, model) -> int:
+    limits = [requested, getattr(model.config, "max_position_embeddings", requested)]
+    if 0 < getattr(tokenizer, "model_max_length", 0) < 1_000_000:
+        limits.append(tokenizer.model_max_length)
+    return int(min(limits))
+
+
+def freeze(model, mode: str) -> int:
+    """Freeze part of the encoder; returns how many parameters were frozen.
+
+    embeddings: the embedding layer; layers:N: embeddings and the lowest N transformer layers;
+    encoder: embeddings and every transformer layer (the pooler and classifier head still train).
+    """
+    if mode == "none":
+        return 0
+    base = model.base_model
+    layers = list(base.encoder.layer)
+    if mode == "embeddings":
+        modules = [base.embeddings]
+    elif mode == "encoder":
+        modules = [base.embeddings, *layers]
+    else:
+        n = int(mode.split(":")[1])
+        if n > len(layers):
+            raise InputError(f"--freeze layers:{n} asks for more layers than the model has ({len(layers)}).")
+        modules = [base.embeddings, *layers[:n]]
+    count = 0
+    for module in modules:
+        for param in module.parameters():
+            param.requires_grad = False
+            count += param.numel()
+    return count
+
+
+def _encode(tokenizer, data: LabeledData, max_length: int) -> list[dict]:
+    enc = tokenizer(data.texts, truncation=True, max_length=max_length)
+    rows = [{k: enc[k][i] for k in enc.keys()} for i in range(len(data))]
+    for row, target in zip(rows, data.targets):
+        row["labels"] = target.tolist() if data.multi_label else int(target)
+    return rows
+
+
+def _class_weights(data: LabeledData) -> np.ndarray:
+    """Inverse-frequency weights (n / (k * count)) for classes; neg/pos ratios for multi-label positives."""
+    if data.multi_label:
+        pos = data.targets.sum(0)
+        return ((len(data) - pos) / np.maximum(pos, 1)).astype(np.float32)
+    counts = np.bincount(data.targets, minlength=len(data.labels)).astype(np.float64)
+    return (len(data) / (len(data.labels) * np.maximum(counts, 1))).astype(np.float32)
+
+
+def _trainer(model, tokenizer, train_rows, val_rows, config: TrainConfig, workdir, weights, torch):
+    import transformers
+
+    multi = config.multi_label
+
+    class WeightedTrainer(transformers.Trainer):
+        """Trainer whose loss applies class weights (CE) or positive weights (BCE)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            w = torch.as_tensor(weights, device=outputs.logits.device)
+            if multi:
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                    outputs.logits, labels.float(), pos_weight=w
+                )
+            else:
+                loss = torch.nn.functional.cross_entropy(outputs.logits, labels, weight=w)
+            return (loss, outputs) if return_outputs else loss
+
+    def compute_metrics(eval_pred):
+        m = metrics_from_logits(eval_pred.predictions, eval_pred.label_ids, list(model.config.id2label.values()), multi)
+        return {k: v for k, v in m.items() if isinstance(v, float)}
+
+    args = transformers.TrainingArguments(
+        output_dir=workdir,
+        num_train_epochs=config.epochs,
+        learning_rate=config.lr,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=max(config.batch_size, 32),
+        warmup_ratio=config.warmup_ratio,
+        weight_decay=config.weight_decay,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_only_model=True,  # checkpoints hold weights only (safetensors), no pickled optimizer state
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        # validation loss picks the best epoch: on small validation sets F1 ties often and would keep an early,
+        # barely-trained epoch
+        metric_for_best_model="loss",
+        greater_is_better=False,
+        group_by_length=True,
+        seed=config.seed,
+        data_seed=config.seed,
+        report_to=[],
+        logging_strategy="epoch",
+        disable_tqdm=config.quiet,
+        log_level="error" if config.quiet else "warning",
+        dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    callbacks = [transformers.EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience)]
+    cls = WeightedTrainer if weights is not None else transformers.Trainer
+    trainer = cls(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=val_rows,
+        data_collator=transformers.DataCollatorWithPadding(tokenizer),
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+    )
+    if config.quiet:
+        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    return trainer
+
+
+def _write_test_split(path: Path, data: LabeledData) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if data.multi_label:
+        labels = [[data.labels[j] for j in np.flatnonzero(row)] for row in data.targets]
+    else:
+        labels = [data.labels[i] for i in data.targets]
+    pq.write_table(pa.table({"text": data.texts, "label": labels}), path)
+
+
+def _base_model_hash(name: str) -> str:
+    path = Path(resolve_model(name))
+    weights = path / "model.safetensors"
+    return sha256_file(weights) if weights.exists() else f"hub:{name}"
+
+
+def _publish(staging: Path, output: Path) -> None:
+    """Move the finished checkpoint into place; an existing output (with --overwrite) is replaced whole."""
+    if output.exists():
+        trash = output.with_name(f".{output.name}.old-{os.getpid()}")
+        os.replace(output, trash)
+        shutil.move(str(staging), output)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        shutil.move(str(staging), output)
