@@ -1,0 +1,127 @@
+"""Runners that turn padded batches into logits: ONNX Runtime (CPU/CUDA, IOBinding) and PyTorch (parity).
+
+A runner has `input_names`, `provider`, and `run(input_ids, attention_mask, token_type_ids) -> float32 logits`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelError, require
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: scheduler affinity, capped by a cgroup v2 CPU quota, not the host's count."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS/Windows
+        count = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+def available_providers() -> list[str]:
+    ort = require("onnxruntime", "cpu", package="onnxruntime (or onnxruntime-gpu)")
+    return list(ort.get_available_providers())
+
+
+def resolve_provider(requested: str, available: list[str] | None = None) -> str:
+    """`auto` takes CUDA when onnxruntime offers it, else CPU; `cuda` without CUDA is an error."""
+    available = available_providers() if available is None else available
+    if requested == "cpu":
+        return CPU
+    if requested == "cuda" and CUDA not in available:
+        raise ModelError(
+            f"--provider cuda asked, but onnxruntime offers only {available}. Install the GPU runtime "
+            "(pip uninstall onnxruntime && pip install 'bertbatch[gpu]') on a machine with CUDA, or use --provider cpu."
+        )
+    if requested in ("cuda", "auto") and CUDA in available:
+        return CUDA
+    return CPU
+
+
+class OrtRunner:
+    """An ONNX Runtime session that feeds only the inputs the graph declares."""
+
+    def __init__(self, graph: str | Path, provider: str = CPU, threads: int | None = None):
+        ort = require("onnxruntime", "cpu", package="onnxruntime (or onnxruntime-gpu)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or available_cpus()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = [CPU] if provider == CPU else [(CUDA, {"device_id": 0}), CPU]
+        try:
+            self.session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            raise ModelError(f"onnxruntime cannot load {graph}: {exc}") from None
+        active = self.session.get_providers()
+        if provider == CUDA and active[0] != CUDA:
+            # ORT silently falls back to CPU when CUDA libraries are missing: make that loud.
+            raise ModelError(f"CUDA was requested but onnxruntime fell back to {active} (check CUDA/cuDNN libraries).")
+        self.provider = active[0]
+        self.graph = str(graph)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name
+        self.threads = options.intra_op_num_threads
+        self._binding = self.session.io_binding() if self.provider == CUDA else None
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None):
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.input_names:
+            feeds["token_type_ids"] = token_type_ids if token_type_ids is not None else np.zeros_like(input_ids)
+        feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        if self._binding is not None:
+            return self._run_bound(feeds)
+        return np.asarray(self.session.run([self.output_name], feeds)[0], dtype=np.float32)
+
+    def _run_bound(self, feeds: dict) -> np.ndarray:
+        """CUDA: copy inputs to the device once, let ORT allocate the output there, copy logits back."""
+        binding = self._binding
+        binding.clear_binding_inputs()
+        binding.clear_binding_outputs()
+        for name, array in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        binding.bind_output(self.output_name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+
+
+class TorchRunner:
+    """PyTorch backend on a HF checkpoint: for parity checks and baselines, not for speed."""
+
+    provider = "torch-cpu"
+
+    def __init__(self, model_dir: str | Path, threads: int | None = None, allow_pickle: bool = False):
+        from .checkpoint import load_classifier
+
+        self.torch = require("torch", "train")
+        if threads:
+            self.torch.set_num_threads(threads)
+        self.model = load_classifier(str(model_dir), allow_pickle=allow_pickle).eval()
+        self.input_names = ["input_ids", "attention_mask"]
+        if getattr(self.model.config, "type_vocab_size", 0):
+            self.input_names.append("token_type_ids")
+        self.graph = "torch"
+        self.threads = self.torch.get_num_threads()
+
+    def run(self, input_ids, attention_mask, token_type_ids=None):
+        torch = self.torch
+        feeds = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
+        if "token_type_ids" in self.input_names and token_type_ids is not None:
+            feeds["token_type_ids"] = torch.from_numpy(token_type_ids)
+        with torch.inference_mode():
+            return self.model(**feeds).logits.float().numpy()
