@@ -82,7 +82,8 @@ def csv_options(path: Path, column_names: list[str] | None = None, invalid_row_h
 
 def csv_header(path: Path) -> list[str]:
     """Column names of a CSV file (compression detected from the suffix)."""
-    read, parse, convert = csv_options(path, block_size=1 << 16)
+    # rows are not this function's business: skip malformed ones so the real reader reports them by line
+    read, parse, convert = csv_options(path, block_size=1 << 16, invalid_row_handler=lambda row: "skip")
     try:
         with csv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert) as reader:
             return reader.schema.names
@@ -90,6 +91,8 @@ def csv_header(path: Path) -> list[str]:
         if "Empty CSV file" in str(exc):
             raise InputError(f"{path} is empty: no header and no rows.") from None
         raise InputError(f"{path}: cannot read the CSV header: {exc}") from None
+    except (OSError, EOFError) as exc:  # truncated gzip and other I/O failures
+        raise InputError(f"{path}: cannot read: {exc}") from None
 
 
 def read_whole_table(inputs, columns: list[str] | None = None) -> pa.Table:
