@@ -81,5 +81,127 @@ def train(data, output, labels, **options):
     click.echo(f"Wrote {output} (labels {manifest['labels']}); test {json.dumps(headline)}")
 
 
+@cli.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--optimize", type=click.Choice(["O1", "O2", "O3", "none"]), default="O2", show_default=True)
+@click.option("--quantize", type=click.Choice(["int8", "none"]), default="int8", show_default=True,
+              help="Dynamic int8 graph for CPU.")
+@click.option("--quantize-preset", type=click.Choice(["auto", "avx512_vnni", "avx2", "arm64"]), default="auto",
+              show_default=True, help="auto reads this CPU's features.")
+@click.option("--fp16", is_flag=True, help="Also write an fp16 graph for GPU.")
+@click.option("--validate", type=click.Path(exists=True), help="Labeled data for the parity gate "
+              "(default: the test split recorded by train, else a built-in sample).")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--max-fp32-delta", default=1e-4, show_default=True, help="fp32 max |logit - PyTorch|.")
+@click.option("--max-f1-drop", default=0.01, show_default=True, help="int8 macro-F1 loss allowed (0.01 = 1 point).")
+@click.option("--max-fp16-delta", default=0.05, show_default=True)
+@click.option("--min-unlabeled-agreement", default=0.95, show_default=True)
+@click.option("--opset", type=int, help="ONNX opset (default: optimum's).")
+@click.option("--allow-pickle", is_flag=True, help="Allow a pytorch_model.bin checkpoint.")
+@_friendly
+def export(model_dir, quantize, **options):
+    """Write MODEL_DIR/onnx/: optimized fp32, int8 (and fp16) graphs, each checked against PyTorch."""
+    from .config import ExportConfig
+    from .errors import ValidationFailed
+    from .export import export_onnx
+
+    try:
+        section = export_onnx(model_dir, ExportConfig(quantize=None if quantize == "none" else quantize, **options))
+    except ValidationFailed as exc:
+        click.echo(json.dumps(exc.figures, indent=2), err=True)
+        raise
+    for key, graph in section["graphs"].items():
+        p = graph["parity"]
+        f1 = f", macro-F1 {p['metrics']['macro_f1']:.4f} (drop {p['macro_f1_drop']:+.4f})" if "metrics" in p else ""
+        click.echo(f"{graph['file']}: {graph['size_mb']} MB, max |Δlogit| {p['max_abs_logit_delta']:.2e}, "
+                   f"top-1 agreement {p['top1_agreement']:.2%}{f1}")
+
+
+class _Progress:
+    """rows/s and ETA on a terminal (stderr); silent when not a terminal or with --silent."""
+
+    def __init__(self, enabled: bool):
+        import time
+
+        self.enabled = enabled and sys.stderr.isatty()
+        self.clock = time.monotonic
+        self.start = self.clock()
+
+    def __call__(self, done: int, total: int | None):
+        if not self.enabled:
+            return
+        rate = done / max(self.clock() - self.start, 1e-9)
+        eta = f", ETA {int((total - done) / rate)}s" if total and rate else ""
+        pct = f" {100 * done / total:5.1f}%" if total else ""
+        sys.stderr.write(f"\r{done:,} rows{pct}, {rate:,.0f} rows/s{eta}   ")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _summary_line(s: dict) -> str:
+    return (
+        f"{s['rows_in']:,} rows in, {s['rows_written']:,} written ({s['rows_with_error']:,} with error), "
+        f"{s['rows_rejected']:,} rejected; {s['rows_per_s']:,} rows/s, {s['tokens_per_s']:,} tokens/s, "
+        f"padding efficiency {s['padding_ratio']}; {s['provider']} ({s['graph']}, {s['threads']} threads) -> {s['output']}"
+    )
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--output", "-o", required=True, help="Output file (.parquet/.csv/.jsonl), directory, or - for stdout.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--text-pair-column", help="Second text of a sentence pair.")
+@click.option("--keep", help="Comma-separated input columns to pass through (default: all).")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--graph", help="fp32 | int8 | fp16 | torch | path to an .onnx file (default: best for the provider).")
+@click.option("--threads", type=int, help="Intra-op threads (default: CPUs this process may use).")
+@click.option("--max-tokens", default=8192, show_default=True, help="Padded-token budget of one batch.")
+@click.option("--max-batch-rows", default=256, show_default=True)
+@click.option("--window-rows", default=4096, show_default=True, help="Rows sorted by length together.")
+@click.option("--max-length", type=int, help="Token limit per text (default: the model's).")
+@click.option("--probs", is_flag=True, help="One prob_<label> column per class.")
+@click.option("--top-k", type=int, help="A top_k column with the K best labels.")
+@click.option("--logits", is_flag=True, help="A logits column.")
+@click.option("--threshold", default=0.5, show_default=True, help="Multi-label decision threshold.")
+@click.option("--long-text", type=click.Choice(["truncate", "window"]), default="truncate", show_default=True)
+@click.option("--stride", default=64, show_default=True, help="Tokens shared by consecutive windows.")
+@click.option("--aggregate", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
+@click.option("--format", "output_format", type=click.Choice(["parquet", "csv", "jsonl"]), help="Default: from the suffix.")
+@click.option("--on-bad-rows", type=click.Choice(["error", "reject"]), default="error", show_default=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("--rows-per-part", default=1_000_000, show_default=True, help="Directory output: rows per part file.")
+@click.option("--silent", is_flag=True, help="No progress bar and no summary.")
+@_friendly
+def score(model_dir, inputs, output, keep, silent, **options):
+    """Label CSV/Parquet rows with MODEL_DIR's ONNX graph; one output row per input row, in order."""
+    from .config import ScoreConfig
+    from .score import score_file
+
+    progress = _Progress(not silent and output != "-")
+    try:
+        summary = score_file(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options), progress=progress)
+    finally:
+        progress.close()
+    if not silent:
+        click.echo(_summary_line(summary), err=output == "-")
+
+
+@cli.command()
+@click.option("--workdir", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Where models/ and data/ and out/ are created.")
+@_friendly
+def demo(workdir):
+    """Fine-tune MiniLM on SMS Spam (once), export it, and score a table: the whole job offline."""
+    from .demo import run_demo
+
+    for line in run_demo(workdir):
+        click.echo(line)
+
+
 def main():
     cli(prog_name="bertbatch")

@@ -63,6 +63,7 @@ class ExportConfig:
     max_fp32_delta: float = 1e-4
     max_f1_drop: float = 0.01  # int8 may lose at most this much macro-F1 (absolute, 0.01 = 1 point)
     max_fp16_delta: float = 0.05
+    min_unlabeled_agreement: float = 0.95  # int8 gate when the validation texts have no labels
     allow_pickle: bool = False
     opset: int | None = None
 

@@ -79,3 +79,16 @@ def tiny_model(tmp_path_factory, tiny_base, sentiment_csv):
 def write_parquet(path, **columns):
     pq.write_table(pa.table(columns), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_exported(tmp_path_factory, tiny_model):
+    """A copy of the tiny checkpoint with all three ONNX graphs written by `export_onnx`."""
+    import shutil
+
+    from bertbatch import export_onnx
+
+    path = tmp_path_factory.mktemp("exported") / "tiny"
+    shutil.copytree(tiny_model, path)
+    export_onnx(path, fp16=True)
+    return path
