@@ -175,13 +175,23 @@ def _summary_line(s: dict) -> str:
 @click.option("--on-bad-rows", type=click.Choice(["error", "reject"]), default="error", show_default=True)
 @click.option("--overwrite", is_flag=True)
 @click.option("--rows-per-part", default=1_000_000, show_default=True, help="Directory output: rows per part file.")
+@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
+              help="spark: run the same scorer inside Apache Spark (needs the 'spark' extra).")
+@click.option("--master", default="local[*]", show_default=True, help="Spark master URL (with --engine spark).")
 @click.option("--silent", is_flag=True, help="No progress bar and no summary.")
 @_friendly
-def score(model_dir, inputs, output, keep, silent, **options):
+def score(model_dir, inputs, output, keep, silent, engine, master, **options):
     """Label CSV/Parquet rows with MODEL_DIR's ONNX graph; one output row per input row, in order."""
     from .config import ScoreConfig
     from .score import score_file
 
+    if engine == "spark":
+        from .spark import score_files
+
+        summary = score_files(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options), master=master)
+        if not silent:
+            click.echo(json.dumps(summary))
+        return
     progress = _Progress(not silent and output != "-")
     try:
         summary = score_file(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options), progress=progress)

@@ -141,6 +141,18 @@ class Scorer:
                 logits[has] = sums_l[has] / windows[has, None]
         return Result(probs, logits, encoded.truncated, encoded.errors, windows, real, padded)
 
+    def label_batch(self, batch: pa.RecordBatch, keep: list[str]) -> pa.RecordBatch:
+        """Score one Arrow record batch: the `keep` columns, then the result columns (same rows, same order)."""
+        config = self.config
+        texts = batch.column(config.text_column).to_pylist()
+        pairs = batch.column(config.text_pair_column).to_pylist() if config.text_pair_column else None
+        return self.assemble(batch, keep, self.run(self.encode(texts, pairs)))
+
+    def assemble(self, batch: pa.RecordBatch, keep: list[str], result: Result) -> pa.RecordBatch:
+        columns = {name: batch.column(name) for name in keep}
+        columns.update(result_columns(result, self.model.labels, self.model.multi_label, self.config))
+        return pa.RecordBatch.from_pydict(columns)
+
     def logits(self, texts: list, pairs: list | None = None) -> Result:
         return self.run(self.encode(list(texts), pairs))
 
@@ -314,13 +326,11 @@ def score_file(
     def scored():
         for file_index, batch, encoded in _background(tokenized(), 2, stop):
             result = scorer.run(encoded)
-            columns = {name: batch.column(name) for name in keep}
-            columns.update(result_columns(result, scorer.model.labels, scorer.model.multi_label, config))
             stats["real_tokens"] += result.real_tokens
             stats["padded_tokens"] += result.padded_tokens
             stats["errors"] += sum(e is not None for e in result.errors)
             stats["rows_read"] += batch.num_rows
-            yield file_index, pa.RecordBatch.from_pydict(columns)
+            yield file_index, scorer.assemble(batch, keep, result)
 
     metadata = {
         "bertbatch.version": _version(),
