@@ -15,7 +15,7 @@ _API = {
     "ScoreConfig": "config",
     "export_onnx": "export",
     "Scorer": "score",
-    "score_file": "score",
+    "score_file": "pipeline",
     "evaluate": "evaluate",
     "benchmark": "bench",
 }

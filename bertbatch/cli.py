@@ -104,18 +104,15 @@ def export(model_dir, quantize, **options):
     """Write MODEL_DIR/onnx/: optimized fp32, int8 (and fp16) graphs, each checked against PyTorch."""
     from .config import ExportConfig
     from .errors import ValidationFailed
-    from .export import export_onnx
+    from .export import export_onnx, graph_line
 
     try:
         section = export_onnx(model_dir, ExportConfig(quantize=None if quantize == "none" else quantize, **options))
     except ValidationFailed as exc:
         click.echo(json.dumps(exc.figures, indent=2), err=True)
         raise
-    for key, graph in section["graphs"].items():
-        p = graph["parity"]
-        f1 = f", macro-F1 {p['metrics']['macro_f1']:.4f} (drop {p['macro_f1_drop']:+.4f})" if "metrics" in p else ""
-        click.echo(f"{graph['file']}: {graph['size_mb']} MB, max |Δlogit| {p['max_abs_logit_delta']:.2e}, "
-                   f"top-1 agreement {p['top1_agreement']:.2%}{f1}")
+    for graph in section["graphs"].values():
+        click.echo(graph_line(graph))
 
 
 class _Progress:
@@ -173,7 +170,9 @@ def _summary_line(s: dict) -> str:
 @click.option("--aggregate", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
 @click.option("--format", "output_format", type=click.Choice(["parquet", "csv", "jsonl"]), help="Default: from the suffix.")
 @click.option("--on-bad-rows", type=click.Choice(["error", "reject"]), default="error", show_default=True)
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted directory job from its last committed part.")
+@click.option("--allow-pickle", is_flag=True, help="Allow a pytorch_model.bin checkpoint (PyTorch backend).")
 @click.option("--rows-per-part", default=1_000_000, show_default=True, help="Directory output: rows per part file.")
 @click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
               help="spark: run the same scorer inside Apache Spark (needs the 'spark' extra).")
@@ -183,7 +182,7 @@ def _summary_line(s: dict) -> str:
 def score(model_dir, inputs, output, keep, silent, engine, master, **options):
     """Label CSV/Parquet rows with MODEL_DIR's ONNX graph; one output row per input row, in order."""
     from .config import ScoreConfig
-    from .score import score_file
+    from .pipeline import score_file
 
     if engine == "spark":
         from .spark import score_files
@@ -211,6 +210,66 @@ def demo(workdir):
 
     for line in run_demo(workdir):
         click.echo(line)
+
+
+def _int_list(ctx, param, value):
+    """click callback: '1,8,32' -> (1, 8, 32)."""
+    try:
+        return tuple(int(v) for v in _csv_list(value) or ())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers such as 1,8,32; got '{value}'.") from None
+
+
+@cli.command("eval")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False),
+              help="Report directory: metrics.json, confusion_<graph>.csv/.png, summary.md.")
+@click.option("--graph", "--graphs", "graphs", default="default", show_default=True,
+              help="Comma-separated: fp32, int8, fp16, torch, an .onnx path, or default (best for the provider).")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--label-delimiter", default=",", show_default=True, help="Separator of labels in one cell (multi-label).")
+@click.option("--threshold", default=0.5, show_default=True, help="Multi-label decision threshold.")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--threads", type=int, help="Intra-op threads (default: CPUs this process may use).")
+@click.option("--max-tokens", default=8192, show_default=True, help="Padded-token budget of one batch.")
+@click.option("--max-length", type=int, help="Token limit per text (default: the model's).")
+@_friendly
+def eval_(model_dir, data, graphs, **options):
+    """Metrics of MODEL_DIR's graph(s) on labeled DATA; prints a Markdown summary."""
+    from .evaluate import evaluate
+
+    report = evaluate(model_dir, data, graphs=_csv_list(graphs), **options)
+    click.echo(report["summary"], nl=False)
+    if options["output_dir"]:
+        click.echo(f"\nReport written to {options['output_dir']}")
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--graph", "--graphs", "graphs",
+              help="Comma-separated: fp32, int8, fp16, torch, .onnx paths (default: every graph present for the provider).")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_int_list)
+@click.option("--seq-lengths", default="16,64,128,256", show_default=True, callback=_int_list,
+              help="Synthetic input lengths in tokens (ignored with --data).")
+@click.option("--runs", default=20, show_default=True, help="Timed batches per measurement.")
+@click.option("--warmup", default=3, show_default=True, help="Untimed batches before timing.")
+@click.option("--data", type=click.Path(exists=True), help="Time real texts (their length mix) instead of synthetic ones.")
+@click.option("--text-column", default="text", show_default=True, help="Text column of --data.")
+@click.option("--threads", type=int, help="Intra-op threads (default: CPUs this process may use).")
+@click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False),
+              help="Directory for results.jsonl, summary.md and latency.png.")
+@_friendly
+def bench(model_dir, graphs, **options):
+    """Latency percentiles and rows/s of MODEL_DIR's graphs on this machine; prints a table."""
+    from .bench import benchmark, summary_markdown
+
+    results = benchmark(model_dir, graphs=_csv_list(graphs), **options)
+    click.echo(summary_markdown(results), nl=False)
+    if options["output_dir"]:
+        click.echo(f"\nResults written to {options['output_dir']}")
 
 
 def main():

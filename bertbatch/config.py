@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .errors import InputError
 
@@ -98,8 +98,9 @@ class ScoreConfig:
     output_format: str | None = None  # parquet | csv | jsonl; None = from the output suffix
     on_bad_rows: str = "error"  # error | reject
     overwrite: bool = False
+    resume: bool = False  # continue an interrupted directory job from its last committed part
     rows_per_part: int = 1_000_000
-    extra: dict = field(default_factory=dict)
+    allow_pickle: bool = False  # PyTorch backend on a pytorch_model.bin checkpoint
 
     def __post_init__(self):
         if self.provider not in ("auto", "cuda", "cpu"):
@@ -116,5 +117,7 @@ class ScoreConfig:
             raise InputError("--max-tokens, --max-batch-rows and --window-rows must be positive.")
         if self.top_k is not None and self.top_k < 1:
             raise InputError(f"--top-k must be at least 1; got {self.top_k}.")
+        if self.rows_per_part < 1:
+            raise InputError(f"--rows-per-part must be positive; got {self.rows_per_part}.")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be at least 1; got {self.threads}.")

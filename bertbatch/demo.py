@@ -14,8 +14,8 @@ TRAIN_ROWS = 1500  # enough for >= 0.97 accuracy in a few minutes on 2 CPU cores
 
 def run_demo(workdir: str | Path = "."):
     """Yields progress lines: prepare data, fine-tune (if no model yet), export (if no graph yet), score."""
-    from .export import export_onnx
-    from .score import score_file
+    from .export import export_onnx, graph_line
+    from .pipeline import score_file
     from .train import fine_tune
 
     workdir = Path(workdir)
@@ -44,8 +44,8 @@ def run_demo(workdir: str | Path = "."):
     if not (model_dir / "onnx" / "model.onnx").exists():
         yield "Exporting ONNX graphs (fp32 O2 + int8) with the parity gate"
         export = export_onnx(model_dir)
-        for name, graph in export["graphs"].items():
-            yield f"  {name}: {graph['size_mb']} MB, {graph['parity']}"
+        for graph in export["graphs"].values():
+            yield "  " + graph_line(graph)
 
     output = out_dir / "sms_spam_scored.parquet"
     summary = score_file(full, output, model_dir, overwrite=True)

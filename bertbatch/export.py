@@ -263,3 +263,11 @@ def _describe(path: Path, figures: dict) -> dict:
         "fusions": {op: ops[op] for op in FUSED_OPS if ops[op]},
         "parity": {k: v for k, v in figures.items() if k not in ("passed", "reason")},
     }
+
+
+def graph_line(graph: dict) -> str:
+    """One line per graph for consoles: size and parity figures."""
+    p = graph["parity"]
+    f1 = f", macro-F1 {p['metrics']['macro_f1']:.4f} (drop {p['macro_f1_drop']:+.4f})" if "metrics" in p else ""
+    return (f"{graph['file']}: {graph['size_mb']} MB, max |Δlogit| {p['max_abs_logit_delta']:.2e}, "
+            f"top-1 agreement {p['top1_agreement']:.2%}{f1}")

@@ -129,11 +129,12 @@ class Rejects:
     def __len__(self):
         return len(self.rows)
 
-    def write(self, path: Path) -> None:
-        table = pa.Table.from_pylist(self.rows, schema=REJECT_SCHEMA)
-        tmp = path.with_name(f".{path.name}.tmp")
-        csv.write_csv(table, tmp)
-        tmp.replace(path)
+
+def write_csv_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    csv.write_csv(table, tmp)
+    os.replace(tmp, path)
 
 
 REJECT_SCHEMA = pa.schema([("file", pa.string()), ("where", pa.string()), ("reason", pa.string()), ("raw", pa.string())])
@@ -237,6 +238,8 @@ class Sink:
     def __init__(self, path: Path, schema: pa.Schema):
         self.path = Path(path)
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        if self.path.name != "-":
+            self.tmp.unlink(missing_ok=True)  # a leftover of a killed run (or a planted link) is never written through
         self.schema = schema
         self.rows = 0
 

@@ -54,11 +54,31 @@ def resolve_provider(requested: str, available: list[str] | None = None) -> str:
     return CPU
 
 
+def check_external_data(graph: str | Path) -> None:
+    """Refuse a graph whose external-data files lie outside its directory (a path-traversal read)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    root = Path(graph).resolve().parent
+    model = onnx.load(str(graph), load_external_data=False)
+    for tensor in model.graph.initializer:
+        if not uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (root / location).resolve()
+        if Path(location).is_absolute() or root not in target.parents:
+            raise ModelError(
+                f"{graph}: tensor '{tensor.name}' points at external data '{location}' outside the model "
+                "directory; refusing to load it."
+            )
+
+
 class OrtRunner:
     """An ONNX Runtime session that feeds only the inputs the graph declares."""
 
     def __init__(self, graph: str | Path, provider: str = CPU, threads: int | None = None):
         ort = require("onnxruntime", "cpu", package="onnxruntime (or onnxruntime-gpu)")
+        check_external_data(graph)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or available_cpus()
         options.inter_op_num_threads = 1
@@ -76,6 +96,8 @@ class OrtRunner:
         self.graph = str(graph)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
+        width = self.session.get_outputs()[0].shape[-1]
+        self.num_labels = width if isinstance(width, int) else None
         self.threads = options.intra_op_num_threads
         self._binding = self.session.io_binding() if self.provider == CUDA else None
 
@@ -116,6 +138,7 @@ class TorchRunner:
         if getattr(self.model.config, "type_vocab_size", 0):
             self.input_names.append("token_type_ids")
         self.graph = "torch"
+        self.num_labels = self.model.config.num_labels
         self.threads = self.torch.get_num_threads()
 
     def run(self, input_ids, attention_mask, token_type_ids=None):

@@ -1,0 +1,313 @@
+"""Evaluate a model directory on labeled data: metrics per graph, confusion matrices, a Markdown summary.
+
+`evaluate` scores the texts with each requested graph (fp32/int8/fp16/torch, or `default`: the graph the
+scorer picks for the provider) and returns the report; with `output_dir` it also writes metrics.json,
+confusion_<graph>.csv/.png and summary.md there.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .data import LabeledData, read_labeled
+from .errors import InputError, require
+from .io import read_whole_table
+from .manifest import write_json_atomic
+from .metrics import metrics_from_logits
+from .modeldir import ModelDir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRAPH = "default"
+EXCLUDED_REASON = "null or empty text"
+
+
+def evaluate(
+    model_dir: str | Path,
+    data: str | Path,
+    output_dir: str | Path | None = None,
+    graphs=(DEFAULT_GRAPH,),
+    text_column: str = "text",
+    label_column: str = "label",
+    label_delimiter: str = ",",
+    threshold: float = 0.5,
+    **score_options,
+) -> dict:
+    """Metrics of each graph on labeled `data`; `score_options` are ScoreConfig fields (provider, threads, ...).
+
+    Rows with null or empty text are counted in `rows_excluded` and left out of every metric.
+    """
+    model = ModelDir.open(model_dir)
+    labeled, excluded = read_eval_data(data, model, text_column, label_column, label_delimiter)
+    report = {
+        "model": str(model.path),
+        "model_name": model.name,
+        "data": str(data),
+        "labels": model.labels,
+        "multi_label": model.multi_label,
+        "threshold": threshold if model.multi_label else None,
+        "rows": len(labeled) + excluded,
+        "rows_evaluated": len(labeled),
+        "rows_excluded": excluded,
+        "excluded_reason": EXCLUDED_REASON,
+        "graphs": {},
+    }
+    logits_by_graph = {}
+    for graph in graphs or (DEFAULT_GRAPH,):
+        key, logits, figures = _score_graph(model_dir, graph, labeled, threshold, score_options)
+        if key in report["graphs"]:
+            log.info("Graph %s asked twice (as %s); evaluated once.", key, graph)
+            continue
+        logits_by_graph[key] = logits
+        report["graphs"][key] = figures
+    _add_agreement(report, logits_by_graph, model.multi_label, threshold)
+    report["summary"] = summary_markdown(report)
+    if output_dir is not None:
+        write_report(report, output_dir)
+    return report
+
+
+# ------------------------------------------------------------------------------------------------ data
+def read_eval_data(data, model: ModelDir, text_column: str, label_column: str, label_delimiter: str = ","):
+    """(LabeledData without the null/empty-text rows, number of rows left out); labels fixed to the model's."""
+    options = dict(multi_label=model.multi_label, label_delimiter=label_delimiter, labels=model.labels)
+    table = read_whole_table(data)
+    blank = _blank_rows(table, text_column)
+    if not blank:
+        return read_labeled(data, text_column, label_column, **options), 0
+    if len(blank) == table.num_rows:
+        raise InputError(
+            f"{data}: all {table.num_rows} rows have a null or empty '{text_column}'; nothing to evaluate. "
+            "Check --text-column."
+        )
+    labeled = _read_with_placeholders(table, blank, data, text_column, label_column, options)
+    keep = np.setdiff1d(np.arange(len(labeled)), blank)
+    kept = labeled.subset(keep)
+    kept.source = str(data)
+    return kept, len(blank)
+
+
+def _blank_rows(table, text_column: str) -> list[int]:
+    """Rows whose text is null or whitespace only (none when the column is missing or not text:
+    read_labeled reports those problems with its own messages)."""
+    import pyarrow as pa
+
+    if text_column not in table.column_names:
+        return []
+    column = table[text_column]
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return []
+    return [i for i, t in enumerate(column.to_pylist()) if t is None or not t.strip()]
+
+
+def _read_with_placeholders(table, blank: list[int], data, text_column, label_column, options) -> LabeledData:
+    """read_labeled rejects null text, so blank texts get a placeholder (rows keep their numbers in messages)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = table[text_column].to_pylist()
+    for i in blank:
+        texts[i] = "-"
+    table = table.set_column(table.column_names.index(text_column), text_column, pa.array(texts, pa.string()))
+    with tempfile.TemporaryDirectory(prefix="bertbatch-eval-") as tmp:
+        path = Path(tmp) / "eval.parquet"
+        pq.write_table(table, path)
+        try:
+            return read_labeled(path, text_column, label_column, **options)
+        except InputError as exc:
+            raise InputError(str(exc).replace(str(path), str(data))) from None
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def _score_graph(model_dir, graph: str, labeled: LabeledData, threshold: float, score_options: dict):
+    from .score import Scorer
+
+    scorer = Scorer(model_dir, graph=None if graph == DEFAULT_GRAPH else graph, **score_options)
+    path = None if scorer.graph == "torch" else Path(scorer.graph)
+    started = time.perf_counter()
+    logits = scorer.logits(labeled.texts).logits
+    seconds = time.perf_counter() - started
+    figures = graph_metrics(logits, labeled.targets, scorer.model.labels, scorer.model.multi_label, threshold)
+    figures.update(
+        file=scorer.graph,
+        provider=scorer.runner.provider,
+        seconds=round(seconds, 3),
+        rows_per_s=round(len(labeled) / seconds, 1) if seconds else None,
+    )
+    return scorer.model.graph_key(path), logits, figures
+
+
+def graph_metrics(logits: np.ndarray, targets: np.ndarray, labels: list[str], multi_label: bool, threshold=0.5) -> dict:
+    """bertbatch.metrics figures, plus for multi-label micro-F1's per-label counts and F1-optimal thresholds."""
+    figures = metrics_from_logits(logits, targets, labels, multi_label, threshold)
+    if multi_label:
+        probs = 1 / (1 + np.exp(-logits))
+        figures["confusion"] = _label_counts(targets.astype(int), (probs >= threshold).astype(int), labels)
+        figures["best_thresholds"] = best_thresholds(probs, targets.astype(int), labels)
+    return figures
+
+
+def _label_counts(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
+    from sklearn.metrics import multilabel_confusion_matrix
+
+    matrices = multilabel_confusion_matrix(y_true, y_pred, labels=list(range(len(labels))))
+    return {
+        name: {"tp": int(m[1, 1]), "fp": int(m[0, 1]), "fn": int(m[1, 0]), "tn": int(m[0, 0])}
+        for name, m in zip(labels, matrices)
+    }
+
+
+def best_thresholds(probs: np.ndarray, y_true: np.ndarray, labels: list[str]) -> dict:
+    """Per label, the probability threshold with the highest F1 on this data (None when a label has no positives)."""
+    from sklearn.metrics import precision_recall_curve
+
+    out = {}
+    for j, name in enumerate(labels):
+        if not y_true[:, j].any():
+            out[name] = {"threshold": None, "f1": None}
+            continue
+        precision, recall, cuts = precision_recall_curve(y_true[:, j], probs[:, j])
+        f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+        best = int(np.argmax(f1))
+        out[name] = {"threshold": float(cuts[best]), "f1": float(f1[best])}
+    return out
+
+
+def _predictions(logits: np.ndarray, multi_label: bool, threshold: float) -> np.ndarray:
+    return (1 / (1 + np.exp(-logits)) >= threshold) if multi_label else logits.argmax(1)
+
+
+def _add_agreement(report: dict, logits_by_graph: dict, multi_label: bool, threshold: float) -> None:
+    """With several graphs: share of rows on which each graph predicts what the first one does."""
+    if len(logits_by_graph) < 2:
+        return
+    keys = list(logits_by_graph)
+    reference = _predictions(logits_by_graph[keys[0]], multi_label, threshold)
+    for key in keys:
+        same = _predictions(logits_by_graph[key], multi_label, threshold) == reference
+        rate = same.all(axis=1).mean() if multi_label else same.mean()
+        report["graphs"][key]["agreement"] = {"reference": keys[0], "rate": float(rate)}
+
+
+# ------------------------------------------------------------------------------------------------ report
+def summary_markdown(report: dict) -> str:
+    """A short Markdown summary: rows, exclusions, one line per graph, per-class F1 side by side."""
+    graphs = report["graphs"]
+    keys = list(graphs)
+    lines = [f"# Evaluation of {report['model_name']} on {Path(report['data']).name}", ""]
+    lines.append(f"{report['rows_evaluated']:,} of {report['rows']:,} rows evaluated; labels {', '.join(report['labels'])}.")
+    if report["rows_excluded"]:
+        lines.append(f"{report['rows_excluded']:,} rows excluded from every metric: {report['excluded_reason']}.")
+    if report["multi_label"]:
+        lines.append(f"Multi-label, decision threshold {report['threshold']}.")
+    lines += ["", *_graph_table(report, keys), "", *_class_table(report, keys)]
+    if report["multi_label"]:
+        lines += ["", *_threshold_table(graphs[keys[0]], keys[0])]
+    return "\n".join(lines) + "\n"
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _graph_table(report: dict, keys: list[str]) -> list[str]:
+    multi = report["multi_label"]
+    head = ["graph", "subset accuracy" if multi else "accuracy", *(["micro-F1"] if multi else []), "macro-F1",
+            "weighted-F1", "rows/s"]
+    compare = len(keys) > 1
+    if compare:
+        head.append(f"agreement with {keys[0]}")
+    lines = [_row(head), _row(["---"] * len(head))]
+    for key in keys:
+        g = report["graphs"][key]
+        accuracy = g["subset_accuracy"] if multi else g["accuracy"]
+        cells = [key, f"{accuracy:.4f}", *([f"{g['micro_f1']:.4f}"] if multi else []), f"{g['macro_f1']:.4f}",
+                 f"{g['weighted_f1']:.4f}", f"{g['rows_per_s'] or 0:,.0f}"]
+        if compare:
+            cells.append(f"{g['agreement']['rate']:.2%}")
+        lines.append(_row(cells))
+    return lines
+
+
+def _class_table(report: dict, keys: list[str]) -> list[str]:
+    first = report["graphs"][keys[0]]["per_class"]
+    head = ["label", "support", *[f"F1 {k}" for k in keys]]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for name in report["labels"]:
+        f1s = [f"{report['graphs'][k]['per_class'][name]['f1']:.4f}" for k in keys]
+        lines.append(_row([name, first[name]["support"], *f1s]))
+    return lines
+
+
+def _threshold_table(figures: dict, key: str) -> list[str]:
+    lines = [f"F1-optimal thresholds on this data ({key}):", "", _row(["label", "threshold", "F1 there"]),
+             _row(["---"] * 3)]
+    for name, best in figures["best_thresholds"].items():
+        if best["threshold"] is None:
+            lines.append(_row([name, "n/a (no positives)", ""]))
+        else:
+            lines.append(_row([name, f"{best['threshold']:.3f}", f"{best['f1']:.4f}"]))
+    return lines
+
+
+def write_report(report: dict, output_dir: str | Path) -> dict[str, Path]:
+    """metrics.json, summary.md, and confusion_<graph>.csv/.png per graph; returns the files written."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"metrics": out / "metrics.json", "summary": out / "summary.md"}
+    write_json_atomic(files["metrics"], {k: v for k, v in report.items() if k != "summary"})
+    files["summary"].write_text(report["summary"])
+    for key, figures in report["graphs"].items():
+        stem = f"confusion_{_file_key(key)}"
+        header, names, counts = _confusion_table(figures, report["labels"], report["multi_label"])
+        files[f"{key}.csv"] = _write_csv(out / f"{stem}.csv", header, names, counts)
+        files[f"{key}.png"] = _plot_confusion(out / f"{stem}.png", key, header[1:], names, counts)
+    return files
+
+
+def _file_key(key: str) -> str:
+    return Path(key).stem if key.endswith(".onnx") else key
+
+
+def _confusion_table(figures: dict, labels: list[str], multi_label: bool):
+    """(header, row names, counts): true x predicted for multi-class, tp/fp/fn/tn per label for multi-label."""
+    if multi_label:
+        cells = ("tp", "fp", "fn", "tn")
+        counts = np.array([[figures["confusion"][name][c] for c in cells] for name in labels])
+        return ["label", *cells], labels, counts
+    return ["true \\ predicted", *labels], labels, np.array(figures["confusion_matrix"])
+
+
+def _write_csv(path: Path, header: list[str], names: list[str], counts: np.ndarray) -> Path:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for name, row in zip(names, counts):
+            writer.writerow([name, *map(int, row)])
+    return path
+
+
+def _plot_confusion(path: Path, key: str, columns: list[str], names: list[str], counts: np.ndarray) -> Path:
+    require("matplotlib", "eval")
+    from matplotlib.figure import Figure  # no pyplot: no global backend state
+
+    size = max(3.0, 0.6 * max(len(columns), len(names)) + 2)
+    fig = Figure(figsize=(size, size))
+    ax = fig.add_subplot()
+    ax.imshow(counts, cmap="Blues")
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    for (i, j), value in np.ndenumerate(counts):
+        ax.text(j, i, str(int(value)), ha="center", va="center",
+                color="white" if value > counts.max() / 2 else "black")
+    ax.set_title(f"Confusion ({key})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
