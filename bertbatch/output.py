@@ -55,12 +55,14 @@ class OutputLayout:
 
     def _child(self, name: str) -> Path:
         """A file directly inside the output root: never through '..' or a symlink placed there."""
-        path = self.output / name
-        if "/" in name or name in ("", ".", "..") or path.resolve().parent != self.output.resolve():
+        if "/" in name or name in ("", ".", ".."):
             raise InputError(f"Refusing to write {name!r}: it escapes the output directory {self.output}.")
+        path = self.output / name
         for candidate in (path, path.with_name(f".{name}.tmp")):
             if candidate.is_symlink():
                 raise InputError(f"Refusing to write through the symlink {candidate} in the output directory.")
+        if path.resolve().parent != self.output.resolve():
+            raise InputError(f"Refusing to write {name!r}: it escapes the output directory {self.output}.")
         return path
 
     def open(self, schema: pa.Schema, file_index: int = 0, chunk: int = 0) -> Sink:
