@@ -88,7 +88,7 @@ def _check_settings(batch_sizes, seq_lengths, runs, warmup, threads) -> None:
 
 
 def _model_config(model: ModelDir) -> dict:
-    return json.loads((model.path / "config.json").read_text())
+    return model.config
 
 
 def select_graphs(model: ModelDir, graphs, provider: str) -> list[str]:
@@ -291,21 +291,25 @@ def plot_latency(results: list[dict], path: Path) -> Path:
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
     synthetic = results[0]["seq_length"] is not None
-    lines: dict[str, list[tuple[int, float]]] = {}
+    lines: dict[tuple[str, int | None], list[tuple[int, float]]] = {}
     for r in results:
-        name = f"{r['graph']} batch {r['batch_size']}" if synthetic else r["graph"]
+        name = (r["graph"], r["batch_size"] if synthetic else None)
         lines.setdefault(name, []).append((r["seq_length"] if synthetic else r["batch_size"], r["p50_ms"]))
-    fig = Figure(figsize=(7, 4.5))
+    graphs = list(dict.fromkeys(r["graph"] for r in results))
+    batches = list(dict.fromkeys(r["batch_size"] for r in results))
+    fig = Figure(figsize=(8, 4.5))
     ax = fig.add_subplot()
-    for name, points in lines.items():
+    for (graph, batch), points in lines.items():  # colour per graph, line style per batch size
         xs, ys = zip(*sorted(points))
-        ax.plot(xs, ys, marker="o", label=name)
+        style = ("-", "--", ":", "-.")[batches.index(batch) % 4] if synthetic else "-"
+        ax.plot(xs, ys, marker="o", linestyle=style, color=f"C{graphs.index(graph) % 10}",
+                label=f"{graph} batch {batch}" if synthetic else graph)
     ax.set_xlabel("sequence length (tokens)" if synthetic else "batch size (rows)")
     ax.set_ylabel("p50 latency per batch (ms)")
     ax.set_yscale("log")
     ax.set_title(f"{results[0]['model_name']}: {results[0]['provider']}, {results[0]['threads']} threads")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return path

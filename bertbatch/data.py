@@ -26,13 +26,15 @@ class LabeledData:
     labels: list[str]
     multi_label: bool
     source: str
+    skipped: int = 0  # rows left out for null/blank text (skip_blank_text=True)
 
     def __len__(self) -> int:
         return len(self.texts)
 
     def subset(self, index) -> "LabeledData":
         index = np.asarray(index, dtype=np.int64)
-        return LabeledData([self.texts[i] for i in index], self.targets[index], self.labels, self.multi_label, self.source)
+        return LabeledData([self.texts[i] for i in index], self.targets[index], self.labels, self.multi_label,
+                           self.source, self.skipped)
 
 
 def file_hashes(path: str | Path) -> dict[str, str]:
@@ -83,8 +85,13 @@ def read_labeled(
     multi_label: bool = False,
     label_delimiter: str = ",",
     labels: list[str] | None = None,
+    skip_blank_text: bool = False,
 ) -> LabeledData:
-    """Read a labeled CSV/Parquet file or directory. `labels` fixes the label set (unknown labels are an error)."""
+    """Read a labeled CSV/Parquet file or directory. `labels` fixes the label set (unknown labels are an error).
+
+    skip_blank_text: leave out rows whose text is null or blank (evaluation) instead of refusing them (training);
+    error messages still give the rows' original numbers.
+    """
     source = str(path)
     table = read_whole_table(path, columns=None)
     if table.num_rows == 0:
@@ -92,16 +99,24 @@ def read_labeled(
     _check_column(table, text_column, source, "text")
     _check_column(table, label_column, source, "label")
 
+    if not pa.types.is_string(table[text_column].type) and not pa.types.is_large_string(table[text_column].type):
+        raise InputError(f"Column '{text_column}' in {source} has type {table[text_column].type}; text must be strings.")
+    original_rows = np.arange(table.num_rows)
+    skipped = 0
+    if skip_blank_text:
+        keep = np.array([t is not None and bool(t.strip()) for t in table[text_column].to_pylist()], dtype=bool)
+        if not keep.any():
+            raise InputError(f"{source}: every row has a null or blank '{text_column}': nothing to evaluate. Check --text-column.")
+        skipped = int((~keep).sum())
+        table, original_rows = table.filter(pa.array(keep)), original_rows[keep]
     text_col, label_col = table[text_column], table[label_column]
     for column, array in ((text_column, text_col), (label_column, label_col)):
         row = _first_null(array)
         if row is not None:
             raise InputError(
-                f"{source}, row {row + 1} (data row, header excluded): column '{column}' is null. "
-                "Fill or drop rows without a value before training."
+                f"{source}, row {original_rows[row] + 1} (data row, header excluded): column '{column}' is null. "
+                "Fill or drop rows without a value."
             )
-    if not pa.types.is_string(text_col.type) and not pa.types.is_large_string(text_col.type):
-        raise InputError(f"Column '{text_column}' in {source} has type {text_col.type}; text must be strings.")
 
     texts = text_col.to_pylist()
     raw = label_col.to_pylist() if pa.types.is_list(label_col.type) else pc.cast(label_col, pa.string()).to_pylist()
@@ -120,7 +135,7 @@ def read_labeled(
         if unknown:
             first = next(i for i, r in enumerate(rows) if (set(r) if multi_label else {r}) & set(unknown))
             raise InputError(
-                f"{source}, row {first + 1}, column '{label_column}': label(s) {unknown} are not in the fixed label "
+                f"{source}, row {original_rows[first] + 1}, column '{label_column}': label(s) {unknown} are not in the fixed label "
                 f"set {labels}. Add them to --labels or fix the data."
             )
         names = list(labels)
@@ -138,7 +153,7 @@ def read_labeled(
             targets[i, [index[x] for x in r]] = 1.0
     else:
         targets = np.array([index[r] for r in rows], dtype=np.int64)
-    return LabeledData(texts, targets, names, multi_label, source)
+    return LabeledData(texts, targets, names, multi_label, source, skipped)
 
 
 def split(data: LabeledData, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -8,15 +8,13 @@ confusion_<graph>.csv/.png and summary.md there.
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .data import LabeledData, read_labeled
-from .errors import InputError, require
-from .io import read_whole_table
+from .errors import require
 from .manifest import write_json_atomic
 from .metrics import metrics_from_logits
 from .modeldir import ModelDir
@@ -75,52 +73,9 @@ def evaluate(
 # ------------------------------------------------------------------------------------------------ data
 def read_eval_data(data, model: ModelDir, text_column: str, label_column: str, label_delimiter: str = ","):
     """(LabeledData without the null/empty-text rows, number of rows left out); labels fixed to the model's."""
-    options = dict(multi_label=model.multi_label, label_delimiter=label_delimiter, labels=model.labels)
-    table = read_whole_table(data)
-    blank = _blank_rows(table, text_column)
-    if not blank:
-        return read_labeled(data, text_column, label_column, **options), 0
-    if len(blank) == table.num_rows:
-        raise InputError(
-            f"{data}: all {table.num_rows} rows have a null or empty '{text_column}'; nothing to evaluate. "
-            "Check --text-column."
-        )
-    labeled = _read_with_placeholders(table, blank, data, text_column, label_column, options)
-    keep = np.setdiff1d(np.arange(len(labeled)), blank)
-    kept = labeled.subset(keep)
-    kept.source = str(data)
-    return kept, len(blank)
-
-
-def _blank_rows(table, text_column: str) -> list[int]:
-    """Rows whose text is null or whitespace only (none when the column is missing or not text:
-    read_labeled reports those problems with its own messages)."""
-    import pyarrow as pa
-
-    if text_column not in table.column_names:
-        return []
-    column = table[text_column]
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        return []
-    return [i for i, t in enumerate(column.to_pylist()) if t is None or not t.strip()]
-
-
-def _read_with_placeholders(table, blank: list[int], data, text_column, label_column, options) -> LabeledData:
-    """read_labeled rejects null text, so blank texts get a placeholder (rows keep their numbers in messages)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    texts = table[text_column].to_pylist()
-    for i in blank:
-        texts[i] = "-"
-    table = table.set_column(table.column_names.index(text_column), text_column, pa.array(texts, pa.string()))
-    with tempfile.TemporaryDirectory(prefix="bertbatch-eval-") as tmp:
-        path = Path(tmp) / "eval.parquet"
-        pq.write_table(table, path)
-        try:
-            return read_labeled(path, text_column, label_column, **options)
-        except InputError as exc:
-            raise InputError(str(exc).replace(str(path), str(data))) from None
+    labeled = read_labeled(data, text_column, label_column, multi_label=model.multi_label,
+                           label_delimiter=label_delimiter, labels=model.labels, skip_blank_text=True)
+    return labeled, labeled.skipped
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -202,7 +157,8 @@ def summary_markdown(report: dict) -> str:
     lines = [f"# Evaluation of {report['model_name']} on {Path(report['data']).name}", ""]
     lines.append(f"{report['rows_evaluated']:,} of {report['rows']:,} rows evaluated; labels {', '.join(report['labels'])}.")
     if report["rows_excluded"]:
-        lines.append(f"{report['rows_excluded']:,} rows excluded from every metric: {report['excluded_reason']}.")
+        rows = "row" if report["rows_excluded"] == 1 else "rows"
+        lines.append(f"{report['rows_excluded']:,} {rows} excluded from every metric: {report['excluded_reason']}.")
     if report["multi_label"]:
         lines.append(f"Multi-label, decision threshold {report['threshold']}.")
     lines += ["", *_graph_table(report, keys), "", *_class_table(report, keys)]
@@ -266,7 +222,8 @@ def write_report(report: dict, output_dir: str | Path) -> dict[str, Path]:
         stem = f"confusion_{_file_key(key)}"
         header, names, counts = _confusion_table(figures, report["labels"], report["multi_label"])
         files[f"{key}.csv"] = _write_csv(out / f"{stem}.csv", header, names, counts)
-        files[f"{key}.png"] = _plot_confusion(out / f"{stem}.png", key, header[1:], names, counts)
+        axes = ("outcome", "label") if report["multi_label"] else ("predicted", "true")
+        files[f"{key}.png"] = _plot_confusion(out / f"{stem}.png", key, header[1:], names, counts, axes)
     return files
 
 
@@ -294,7 +251,7 @@ def _write_csv(path: Path, header: list[str], names: list[str], counts: np.ndarr
     return path
 
 
-def _plot_confusion(path: Path, key: str, columns: list[str], names: list[str], counts: np.ndarray) -> Path:
+def _plot_confusion(path: Path, key: str, columns: list[str], names: list[str], counts: np.ndarray, axes) -> Path:
     require("matplotlib", "eval")
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
@@ -307,6 +264,8 @@ def _plot_confusion(path: Path, key: str, columns: list[str], names: list[str], 
     for (i, j), value in np.ndenumerate(counts):
         ax.text(j, i, str(int(value)), ha="center", va="center",
                 color="white" if value > counts.max() / 2 else "black")
+    ax.set_xlabel(axes[0])
+    ax.set_ylabel(axes[1])
     ax.set_title(f"Confusion ({key})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

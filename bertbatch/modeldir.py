@@ -24,6 +24,7 @@ class ModelDir:
     max_length: int
     name: str
     manifest: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # config.json as written by transformers
 
     @classmethod
     def open(cls, path: str | Path) -> "ModelDir":
@@ -45,6 +46,7 @@ class ModelDir:
             max_length=int(min(max_length, config.get("max_position_embeddings", max_length))),
             name=manifest.get("name", path.name),
             manifest=manifest,
+            config=config,
         )
 
     def graph_path(self, graph: str | None, provider: str) -> Path | None:

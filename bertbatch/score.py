@@ -56,8 +56,9 @@ class Scorer:
         if runner is None:
             provider = resolve_provider(config.provider)
             graph = self.model.graph_path(config.graph, provider)
-            if graph is None:
+            if graph is None and config.graph != "torch":
                 log.warning("%s has no ONNX graph: scoring with PyTorch (slow). Run `bertbatch export` first.", model_dir)
+            if graph is None:
                 runner = TorchRunner(self.model.path, threads=config.threads, allow_pickle=config.allow_pickle)
             else:
                 runner = OrtRunner(graph, provider, config.threads)
@@ -185,10 +186,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 def check_consistency(model: ModelDir, tokenizer, runner) -> None:
     """Refuse at start a model whose parts disagree, rather than mislabel rows later."""
-    import json
-
-    config = json.loads((model.path / "config.json").read_text())
-    rows = config.get("vocab_size")
+    rows = model.config.get("vocab_size")
     if rows and tokenizer.get_vocab_size() > rows:
         raise ModelError(
             f"{model.path}: the tokenizer has {tokenizer.get_vocab_size()} tokens but the embedding only "
