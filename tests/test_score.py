@@ -213,3 +213,95 @@ def test_threads_follow_affinity_not_host_count(monkeypatch):
 
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0})
     assert runtime.available_cpus() == 1
+
+
+class _FakeSession:
+    """Stands in for onnxruntime.InferenceSession: reports `active` providers, records IOBinding use."""
+
+    active = ["CPUExecutionProvider"]
+
+    def __init__(self, path, sess_options=None, providers=None):
+        self.asked = providers
+
+    def get_providers(self):
+        return list(self.active)
+
+    def get_inputs(self):
+        return [type("I", (), {"name": n}) for n in ("input_ids", "attention_mask")]
+
+    def get_outputs(self):
+        return [type("O", (), {"name": "logits", "shape": ["batch", 2]})]
+
+    def io_binding(self):
+        return _FakeBinding()
+
+    def run_with_iobinding(self, binding):
+        binding.ran = True
+
+
+class _FakeBinding:
+    def __init__(self):
+        self.inputs, self.ran = {}, False
+
+    def clear_binding_inputs(self):
+        self.inputs = {}
+
+    def clear_binding_outputs(self):
+        pass
+
+    def bind_cpu_input(self, name, array):
+        self.inputs[name] = array
+
+    def bind_output(self, name, device):
+        assert device == "cuda"
+
+    def copy_outputs_to_cpu(self):
+        return [np.zeros((len(self.inputs["input_ids"]), 2), dtype=np.float16)]
+
+
+def test_silent_cuda_fallback_is_an_error(tiny_exported, monkeypatch):
+    import onnxruntime as ort
+
+    from bertbatch.runtime import CUDA, OrtRunner
+
+    monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
+    with pytest.raises(ModelError, match="fell back"):
+        OrtRunner(tiny_exported / "onnx" / "model.onnx", CUDA)
+
+
+def test_cuda_runner_uses_iobinding_and_returns_float32(tiny_exported, monkeypatch):
+    import onnxruntime as ort
+
+    from bertbatch.runtime import CUDA, OrtRunner
+
+    monkeypatch.setattr(_FakeSession, "active", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
+    runner = OrtRunner(tiny_exported / "onnx" / "model_fp16.onnx", CUDA)
+    ids = np.ones((3, 8), dtype=np.int64)
+    out = runner.run(ids, ids, ids)
+    assert out.dtype == np.float32 and out.shape == (3, 2)
+    assert runner._binding.ran and set(runner._binding.inputs) == {"input_ids", "attention_mask"}
+    assert runner.session.asked[0][0] == CUDA
+
+
+def test_model_dir_picks_fp16_on_cuda_and_int8_on_cpu(tiny_exported):
+    from bertbatch.modeldir import ModelDir
+    from bertbatch.runtime import CPU, CUDA
+
+    model = ModelDir.open(tiny_exported)
+    assert model.graph_path(None, CUDA).name == "model_fp16.onnx"
+    assert model.graph_path(None, CPU).name == "model_int8.onnx"
+    assert model.graph_path("fp32", CUDA).name == "model.onnx"
+
+
+@pytest.mark.gpu
+def test_cuda_labels_match_cpu(tiny_exported):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("CUDAExecutionProvider not available")
+    texts = ["what a wonderful superb day", "an awful terrible boring trip"] * 50
+    cuda = Scorer(tiny_exported, provider="cuda")
+    assert cuda.runner.provider == "CUDAExecutionProvider" and cuda.graph.endswith("model_fp16.onnx")
+    cpu = Scorer(tiny_exported, provider="cpu", graph="fp32")
+    np.testing.assert_allclose(cuda.logits(texts).logits, cpu.logits(texts).logits, atol=0.05)
