@@ -76,14 +76,14 @@ def check_external_data(graph: str | Path) -> None:
 class OrtRunner:
     """An ONNX Runtime session that feeds only the inputs the graph declares."""
 
-    def __init__(self, graph: str | Path, provider: str = CPU, threads: int | None = None):
+    def __init__(self, graph: str | Path, provider: str = CPU, threads: int | None = None, device_id: int = 0):
         ort = require("onnxruntime", "cpu", package="onnxruntime (or onnxruntime-gpu)")
         check_external_data(graph)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or available_cpus()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers = [CPU] if provider == CPU else [(CUDA, {"device_id": 0}), CPU]
+        providers = [CPU] if provider == CPU else [(CUDA, {"device_id": device_id}), CPU]
         try:
             self.session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types

@@ -1,0 +1,221 @@
+"""Spark engine: the same labels as `bertbatch score`, row for row, from a real local-mode Spark session."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+pytest.importorskip("pyspark")
+pytest.importorskip("pandas")  # pyspark's mapInArrow refuses to run without it
+if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+    pytest.skip("Spark needs a Java runtime (java on PATH or JAVA_HOME)", allow_module_level=True)
+
+from conftest import make_texts
+
+from bertbatch import ScoreConfig, score_file
+from bertbatch import spark as bspark
+from bertbatch.cli import cli
+from bertbatch.errors import InputError, MissingDependency, ModelError
+from bertbatch.runtime import CPU, CUDA
+
+ODD_TEXTS = [None, "", "   ", "NA", 'a "quoted"\nnew line', "ünïcödé ✓ 表 great"]
+
+
+@pytest.fixture(scope="session")
+def spark_session(tmp_path_factory):
+    """One local[2] session for the module: this interpreter on the workers, scratch space under tmp."""
+    from pyspark.sql import SparkSession
+
+    scratch = tmp_path_factory.mktemp("spark")
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("bertbatch-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.pyspark.python", sys.executable)
+        .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
+        .config("spark.local.dir", str(scratch / "local"))
+        .config("spark.sql.warehouse.dir", str(scratch / "warehouse"))
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def table_path(tmp_path_factory):
+    """200 sentiment rows plus null/empty/blank/odd texts, with string IDs (leading zeros kept)."""
+    texts, _ = make_texts(200, seed=7)
+    texts = texts + ODD_TEXTS
+    ids = [f"{i:05d}" for i in range(len(texts))]
+    path = tmp_path_factory.mktemp("spark-data") / "rows.parquet"
+    pq.write_table(pa.table({"id": ids, "text": pa.array(texts, pa.string()), "n": list(range(len(texts)))}), path)
+    return path
+
+
+def _by_id(rows) -> dict:
+    return {row["id"]: row for row in rows}
+
+
+def _assert_same_rows(local: list[dict], spark: list[dict], columns: list[str]) -> None:
+    local, spark = _by_id(local), _by_id(spark)
+    assert spark.keys() == local.keys()
+    for key, want in local.items():
+        got = spark[key]
+        for column in columns:
+            if isinstance(want[column], float):
+                assert got[column] == pytest.approx(want[column], abs=1e-5), (key, column)
+            else:
+                assert got[column] == want[column], (key, column)
+
+
+def test_spark_labels_equal_local_scorer_row_for_row(spark_session, tiny_exported, table_path, tmp_path):
+    local_out = tmp_path / "local.parquet"
+    score_file(table_path, local_out, tiny_exported, graph="fp32", probs=True)
+    local = pq.read_table(local_out)
+
+    df = spark_session.read.parquet(str(table_path)).repartition(3)
+    scored = bspark.score(df, tiny_exported, config=ScoreConfig(graph="fp32", probs=True))
+    assert scored.rdd.getNumPartitions() == 3
+    assert scored.columns == local.column_names  # kept columns, then label, score, prob_*, truncated, error
+    rows = [row.asDict() for row in scored.collect()]
+
+    assert len(rows) == local.num_rows
+    _assert_same_rows(local.to_pylist(), rows, ["text", "n", "label", "score", "prob_neg", "prob_pos",
+                                                 "truncated", "error"])
+    errors = {row["text"]: row["error"] for row in rows if row["error"]}
+    assert errors == {None: "null text", "": "empty text", "   ": "empty text"}
+    assert sum(row["label"] is None for row in rows) == 3
+
+
+def test_keep_subset_and_text_col_argument(spark_session, tiny_exported, table_path):
+    df = spark_session.read.parquet(str(table_path)).withColumnRenamed("text", "body")
+    scored = bspark.score(df, tiny_exported, text_col="body", keep=("id",), top_k=2, logits=True)
+    assert scored.columns == ["id", "label", "score", "top_k", "logits", "truncated", "error"]
+    row = scored.where("id = '00000'").collect()[0]
+    assert row["top_k"][0]["label"] == row["label"]
+    assert len(row["logits"]) == 2
+
+
+def test_shipped_model_gives_the_same_labels(spark_session, tiny_exported, table_path):
+    df = spark_session.read.parquet(str(table_path)).repartition(3)
+    shared = _by_id(r.asDict() for r in bspark.score(df, tiny_exported, graph="fp32").collect())
+    shipped = _by_id(r.asDict() for r in bspark.score(df, tiny_exported, graph="fp32", ship_model=True).collect())
+    assert {k: r["label"] for k, r in shipped.items()} == {k: r["label"] for k, r in shared.items()}
+    staged = next(iter(bspark._STAGED.values()))
+    assert (staged / "onnx" / "model.onnx").exists()
+    assert not (staged / "model.safetensors").exists()  # training weights stay behind
+    assert not (staged / "onnx" / "model_int8.onnx").exists()  # only the graphs that may run travel
+
+
+def test_executor_refuses_a_model_that_differs_from_the_drivers(spark_session, tiny_exported, table_path, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_exported, model)
+    scored = bspark.score(spark_session.read.parquet(str(table_path)), model)  # lazy: the driver hashed the files
+    (model / "tokenizer.json").write_text((model / "tokenizer.json").read_text() + "\n")
+    with pytest.raises(Exception, match="differs between the driver and executor") as failure:
+        scored.collect()
+    translated = bspark._translate(failure.value, "out")
+    assert isinstance(translated, ModelError)
+    assert translated.args[0].startswith("Model file tokenizer.json differs")
+
+
+def test_cli_engine_spark_writes_parquet_like_the_local_engine(spark_session, tiny_exported, tmp_path):
+    texts, _ = make_texts(60, seed=11)
+    texts += ["", 'a "quoted"\nnew line', "NA"]
+    ids = [f"{i:05d}" for i in range(len(texts))]
+    src = tmp_path / "in.csv"
+    src.write_text("id,text\n" + "".join(f'{i},"{t.replace(chr(34), chr(34) * 2)}"\n' for i, t in zip(ids, texts)),
+                   encoding="utf-8")
+    src.write_text(src.read_text(encoding="utf-8") + "99999,\n", encoding="utf-8")  # an unquoted empty field
+    local_out = tmp_path / "local.parquet"
+    score_file(src, local_out, tiny_exported, graph="fp32", probs=True)
+    out = tmp_path / "spark_out"
+
+    result = CliRunner().invoke(cli, ["score", str(tiny_exported), str(src), "-o", str(out), "--engine", "spark",
+                                      "--master", "local[2]", "--graph", "fp32", "--probs"])
+
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["engine"] == "spark"
+    assert summary["rows_in"] == summary["rows_written"] == len(texts) + 1
+    assert summary["rows_with_error"] == 2
+    assert summary["providers"] == {"CPUExecutionProvider fp32 threads=1": len(texts) + 1}
+    assert (out / "_SUCCESS").exists()
+    written = pq.read_table(out)
+    local = pq.read_table(local_out)
+    assert written.column_names == local.column_names
+    assert written.schema.field("score").type == pa.float32()
+    _assert_same_rows(local.to_pylist(), written.to_pylist(), ["text", "label", "score", "prob_pos", "error", "truncated"])
+    rows = _by_id(written.to_pylist())
+    assert rows["99999"]["text"] == "" and rows["99999"]["error"] == "empty text"
+
+
+def test_score_files_refuses_what_spark_cannot_do(tiny_exported, table_path, tmp_path):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    with pytest.raises(InputError, match="exists. Pass --overwrite"):
+        bspark.score_files([table_path], taken, tiny_exported)
+    with pytest.raises(InputError, match="Parquet only"):
+        bspark.score_files([table_path], tmp_path / "out.csv", tiny_exported)
+    with pytest.raises(InputError, match="on-bad-rows reject"):
+        bspark.score_files([table_path], tmp_path / "out", tiny_exported, on_bad_rows="reject")
+    with pytest.raises(InputError, match="would overwrite the input"):
+        bspark.score_files([table_path], table_path.parent, tiny_exported, overwrite=True)
+
+
+def test_ragged_csv_row_fails_with_the_file_named(spark_session, tiny_exported, tmp_path):
+    src = tmp_path / "ragged.csv"
+    src.write_text("id,text\n1,great day\n2\n")
+    with pytest.raises(InputError, match=r"ragged.csv: a row does not have the header's columns \('2'\)"):
+        bspark.score_files([src], tmp_path / "out", tiny_exported)
+    assert not (tmp_path / "out" / "_SUCCESS").exists()
+
+
+def test_missing_text_column_is_named(spark_session, tiny_exported, table_path):
+    df = spark_session.read.parquet(str(table_path))
+    with pytest.raises(InputError, match=r"Column 'body' not found in the DataFrame; columns are \['id', 'text', 'n'\]"):
+        bspark.score(df, tiny_exported, text_col="body")
+    with pytest.raises(InputError, match="text must be strings"):
+        bspark.score(df, tiny_exported, text_col="n")
+
+
+def test_without_pyspark_the_error_names_the_extra(monkeypatch, tiny_exported):
+    monkeypatch.setitem(sys.modules, "pyspark", None)
+    with pytest.raises(MissingDependency, match=r"bertbatch\[spark\]"):
+        bspark.score(object(), tiny_exported)
+
+
+class _Gpu:
+    def __init__(self, *addresses):
+        self.addresses = list(addresses)
+
+
+class _Task:
+    def __init__(self, resources=None, cpus=1):
+        self._resources, self._cpus = resources or {}, cpus
+
+    def resources(self):
+        return self._resources
+
+    def cpus(self):
+        return self._cpus
+
+
+def test_task_provider_takes_cuda_only_with_a_gpu_resource(monkeypatch):
+    monkeypatch.setattr(bspark, "available_providers", lambda: [CUDA, CPU])
+    assert bspark.task_provider("auto", _Task({"gpu": _Gpu("1")})) == (CUDA, 1)
+    assert bspark.task_provider("auto", _Task()) == (CPU, None)
+    assert bspark.task_provider("cpu", _Task({"gpu": _Gpu("0")})) == (CPU, None)
+    monkeypatch.setattr(bspark, "available_providers", lambda: [CPU])
+    assert bspark.task_provider("auto", _Task({"gpu": _Gpu("0")})) == (CPU, None)
+    assert bspark.task_cpus(_Task(cpus=4)) == 4
+    assert bspark.task_cpus(None) == 1
