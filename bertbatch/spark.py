@@ -15,6 +15,7 @@ import atexit
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import socket
@@ -361,8 +362,11 @@ def _session(master: str):
         return active, False
     builder = SparkSession.builder.master(master).appName("bertbatch score")
     if master.startswith("local"):
-        # local workers run on this machine: make them this interpreter (the one that has bertbatch installed)
-        builder = builder.config("spark.pyspark.python", sys.executable)
+        # Local workers run on this machine: make them this interpreter (the one that has bertbatch installed).
+        # pyspark's SparkContext reads only PYSPARK_PYTHON for that (the conf is honoured by spark-submit alone);
+        # a value the user set wins.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = builder.config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
     return builder.getOrCreate(), True
 
 

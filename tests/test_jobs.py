@@ -71,8 +71,10 @@ def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path, tin
         # whatever is under a final name is complete and readable
         for part in out.glob("part-*"):
             pq.ParquetFile(part).metadata
-        assert not (out / "_SUCCESS").exists()
         manifest = out / "_manifest.json"
+        if (out / "_SUCCESS").exists():  # killed after the job had finished (during interpreter exit)
+            assert json.loads(manifest.read_text())["state"]["complete"]
+            break
         if manifest.exists() and json.loads(manifest.read_text())["state"]["parts"]:
             mid_job_kills += 1
     else:

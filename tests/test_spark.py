@@ -34,6 +34,10 @@ def spark_session(tmp_path_factory):
     from pyspark.sql import SparkSession
 
     scratch = tmp_path_factory.mktemp("spark")
+    # SparkContext starts local workers with $PYSPARK_PYTHON (default: `python3` on PATH, which in CI is not the
+    # venv's interpreter); the spark.pyspark.python conf alone is not read in local mode.
+    previous = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = sys.executable
     session = (
         SparkSession.builder.master("local[2]")
         .appName("bertbatch-tests")
@@ -48,6 +52,10 @@ def spark_session(tmp_path_factory):
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+    if previous is None:
+        os.environ.pop("PYSPARK_PYTHON", None)
+    else:
+        os.environ["PYSPARK_PYTHON"] = previous
 
 
 @pytest.fixture(scope="module")
