@@ -15,33 +15,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
-
-HERE = Path(__file__).resolve().parent
-
-
-def make_input(path: Path, rows: int) -> None:
-    from bertbatch.assets import sms_spam_table
-
-    texts = sms_spam_table()["text"].to_pylist()
-    reps = -(-rows // len(texts))
-    pq.write_table(pa.table({"id": np.arange(rows, dtype=np.int64), "text": (texts * reps)[:rows]}), path)
+from common import (
+    append_jsonl,
+    context,
+    emit,
+    make_input,
+    markdown_table,
+    peak_rss_mb,
+    read_texts,
+    run_child,
+)
 
 
 def child(mode: str, model: str, data: str, out: str) -> dict:
     """One measurement in this (fresh) process; labels written to `out` for the agreement check."""
-    texts = pq.read_table(data, columns=["text"])["text"].to_pylist()
+    texts = read_texts(data)
     if mode == "pipeline":
         from transformers import pipeline
 
@@ -60,36 +54,12 @@ def child(mode: str, model: str, data: str, out: str) -> dict:
         labels = pq.read_table(out, columns=["label"])["label"].to_pylist()
         extra = {"padding_ratio": summary["padding_ratio"], "threads": summary["threads"]}
     Path(out + ".labels.json").write_text(json.dumps(labels))
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"mode": mode, "rows": len(texts), "seconds": round(seconds, 2), "rows_per_s": round(len(texts) / seconds, 1),
-            "peak_rss_mb": round(peak_mb, 1), **extra}
+            "peak_rss_mb": peak_rss_mb(), **extra}
 
 
-def run_child(mode: str, model: str, data: Path, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", mode, "--model", model, "--data", str(data), "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode:
-        raise SystemExit(f"{mode} failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def context(model: str, data: Path) -> dict:
-    from bertbatch.manifest import versions
-    from bertbatch.runtime import available_cpus
-    from tokenizers import Tokenizer
-
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
-    tok = Tokenizer.from_file(str(Path(model) / "tokenizer.json"))
-    tok.enable_truncation(128)
-    texts = pq.read_table(data, columns=["text"])["text"].to_pylist()[:5000]
-    lengths = np.array([len(e.ids) for e in tok.encode_batch(texts)])
-    return {
-        "cpu": cpu, "cpus": available_cpus(), "python": platform.python_version(),
-        "versions": versions("onnxruntime", "torch", "transformers", "tokenizers", "pyarrow"),
-        "token_lengths": {"mean": round(float(lengths.mean()), 1), "p50": int(np.median(lengths)),
-                          "p95": int(np.percentile(lengths, 95)), "max": int(lengths.max())},
-    }
+def measure(mode: str, model: str, data: Path, out: Path) -> dict:
+    return run_child(__file__, [mode, "--model", model, "--data", data, "--out", out], mode)
 
 
 def main() -> None:
@@ -102,7 +72,7 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.model, args.data, args.out)))
+        emit(child(args.child, args.model, args.data, args.out))
         return
     if not (Path(args.model) / "onnx" / "model_int8.onnx").exists():
         raise SystemExit(f"{args.model} has no exported graphs: run `make demo` (or bertbatch train + export) first.")
@@ -111,11 +81,11 @@ def main() -> None:
         tmp = Path(tmp)
         data = tmp / "input.parquet"
         make_input(data, args.rows)
-        ctx = context(args.model, data)
-        runs = {mode: run_child(mode, args.model, data, tmp / f"{mode}.parquet") for mode in ("pipeline", "fp32", "int8")}
+        ctx = context(args.model, read_texts(data))
+        runs = {mode: measure(mode, args.model, data, tmp / f"{mode}.parquet") for mode in ("pipeline", "fp32", "int8")}
         big = tmp / "big.parquet"
         make_input(big, args.rows * args.memory_factor)
-        runs["int8_x10"] = run_child("int8", args.model, big, tmp / "int8_big.parquet")
+        runs["int8_x10"] = measure("int8", args.model, big, tmp / "int8_big.parquet")
         runs["int8_x10"]["mode"] = f"int8 ({args.memory_factor}x rows)"
         baseline_labels = json.loads((tmp / "pipeline.parquet.labels.json").read_text())
         for mode in ("fp32", "int8"):
@@ -128,18 +98,14 @@ def main() -> None:
     growth = runs["int8_x10"]["peak_rss_mb"] / runs["int8"]["peak_rss_mb"] - 1
     record = {"benchmark": "bench_score", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": args.model,
               "rows": args.rows, **ctx, "runs": list(runs.values()), "peak_rss_growth_10x": round(growth, 4)}
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    with open(results / "score.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
+    append_jsonl("score", record)
 
     print(f"{ctx['cpu']}, {ctx['cpus']} CPUs; tokens/row mean {ctx['token_lengths']['mean']}, "
           f"p95 {ctx['token_lengths']['p95']}; {args.rows:,} rows\n")
-    print("| run | rows | rows/s | × pipeline | padding efficiency | peak RSS MB | labels = pipeline |")
-    print("|---|---|---|---|---|---|---|")
-    for r in runs.values():
-        print(f"| {r['mode']} | {r['rows']:,} | {r['rows_per_s']:,} | {r['speedup_vs_pipeline']} | "
-              f"{r.get('padding_ratio', '-')} | {r['peak_rss_mb']} | {r.get('label_agreement_with_pipeline', '-')} |")
+    print(markdown_table(
+        ["run", "rows", "rows/s", "× pipeline", "padding efficiency", "peak RSS MB", "labels = pipeline"],
+        [[r["mode"], f"{r['rows']:,}", f"{r['rows_per_s']:,}", r["speedup_vs_pipeline"], r.get("padding_ratio", "-"),
+          r["peak_rss_mb"], r.get("label_agreement_with_pipeline", "-")] for r in runs.values()]))
     print(f"\nPeak RSS growth at {args.memory_factor}x rows (int8): {growth:+.1%}")
 
 
