@@ -9,11 +9,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Few distinct shapes keep CUDA kernels/IOBinding buffers reusable; on CPU a multiple of 8 wastes least.
+# Few distinct shapes keep CUDA kernels/IOBinding buffers reusable. On CPU each batch is padded to exactly its
+# longest row: rounding up to a multiple of 8 measured ~12% slower (benchmarks/README.md).
 GPU_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
+# (max_tokens, max_batch_rows) per provider. CPU: measured plateau on 2 cores (1024/32 gave 970 int8 rows/s,
+# 8192/256 gave 614). CUDA: large batches to fill the device (not measured here: no GPU was available).
+DEFAULT_BUDGET = {"cpu": (1024, 32), "cuda": (16384, 256)}
 
 
-def bucket_length(length: int, max_length: int, multiple: int = 8, buckets: tuple[int, ...] | None = None) -> int:
+def bucket_length(length: int, max_length: int, multiple: int = 1, buckets: tuple[int, ...] | None = None) -> int:
     """Padded length for a batch whose longest row has `length` tokens (never above max_length)."""
     if buckets:
         padded = next((b for b in buckets if b >= length), length)
@@ -33,7 +37,7 @@ def plan_batches(
     max_tokens: int,
     max_rows: int,
     max_length: int,
-    multiple: int = 8,
+    multiple: int = 1,
     buckets: tuple[int, ...] | None = None,
 ) -> list[PlannedBatch]:
     """Sort rows by token length and cut batches whose padded size (rows x padded length) stays in budget.

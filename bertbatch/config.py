@@ -84,8 +84,10 @@ class ScoreConfig:
     provider: str = "auto"  # auto | cuda | cpu
     graph: str | None = None  # fp32 | int8 | fp16 | path to .onnx; None = best for the provider
     threads: int | None = None  # None = the CPUs this process may use
-    max_tokens: int = 8192  # padded-token budget of one batch
-    max_batch_rows: int = 256
+    # Padded-token budget and row cap of one batch; None = per provider (see batching.DEFAULT_BUDGET): small
+    # batches keep CPU activations in cache, large ones fill a GPU.
+    max_tokens: int | None = None
+    max_batch_rows: int | None = None
     window_rows: int = 4096  # rows sorted together by length (streaming, so never the whole input)
     max_length: int | None = None  # None = the manifest's / tokenizer's
     probs: bool = False
@@ -113,7 +115,7 @@ class ScoreConfig:
             raise InputError(f"--on-bad-rows must be error or reject; got '{self.on_bad_rows}'.")
         if self.output_format not in (None, "parquet", "csv", "jsonl"):
             raise InputError(f"--format must be parquet, csv or jsonl; got '{self.output_format}'.")
-        if self.max_tokens < 1 or self.max_batch_rows < 1 or self.window_rows < 1:
+        if (self.max_tokens or 1) < 1 or (self.max_batch_rows or 1) < 1 or self.window_rows < 1:
             raise InputError("--max-tokens, --max-batch-rows and --window-rows must be positive.")
         if self.top_k is not None and self.top_k < 1:
             raise InputError(f"--top-k must be at least 1; got {self.top_k}.")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .batching import GPU_BUCKETS, pad, plan_batches
+from .batching import DEFAULT_BUDGET, GPU_BUCKETS, pad, plan_batches
 from .config import ScoreConfig
 from .errors import InputError, ModelError
 from .modeldir import ModelDir
@@ -69,7 +69,11 @@ class Scorer:
         if window and config.stride >= self.max_length - 2:
             raise InputError(f"--stride {config.stride} must be smaller than the max length {self.max_length} minus 2.")
         self.tokenizer = self.model.tokenizer(self.max_length, stride=config.stride if window else 0)
-        self.buckets = GPU_BUCKETS if runner.provider == CUDA else None
+        on_gpu = runner.provider == CUDA
+        self.buckets = GPU_BUCKETS if on_gpu else None
+        default_tokens, default_rows = DEFAULT_BUDGET["cuda" if on_gpu else "cpu"]
+        self.max_tokens = config.max_tokens or default_tokens
+        self.max_batch_rows = config.max_batch_rows or default_rows
         self.oom_splits = 0
         check_consistency(self.model, self.tokenizer, runner)
 
@@ -100,8 +104,7 @@ class Scorer:
                 owner.append(row)
         encoded = Encoded(n, segments, type_ids, np.asarray(owner, dtype=np.int64), truncated, errors)
         encoded.plan = plan_batches(
-            [len(s) for s in segments], self.config.max_tokens, self.config.max_batch_rows, self.max_length,
-            buckets=self.buckets,
+            [len(s) for s in segments], self.max_tokens, self.max_batch_rows, self.max_length, buckets=self.buckets,
         )
         return encoded
 

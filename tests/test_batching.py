@@ -36,7 +36,7 @@ def test_empty_input_plans_nothing():
 def test_one_text_longer_than_budget_gets_its_own_batch():
     plan = plan_batches([5, 300, 6], max_tokens=64, max_rows=8, max_length=512)
     assert [len(b.rows) for b in plan] == [2, 1]
-    assert plan[1].rows.tolist() == [1] and plan[1].length == 304
+    assert plan[1].rows.tolist() == [1] and plan[1].length == 300
 
 
 def test_sorting_reduces_padding_against_arrival_order():
@@ -50,8 +50,9 @@ def test_sorting_reduces_padding_against_arrival_order():
 
 
 def test_bucket_lengths():
-    assert bucket_length(9, 512) == 16
-    assert bucket_length(9, 12) == 12  # never past max_length
+    assert bucket_length(9, 512) == 9  # CPU: exactly the longest row
+    assert bucket_length(9, 512, multiple=8) == 16
+    assert bucket_length(9, 12, multiple=8) == 12  # never past max_length
     assert bucket_length(100, 512, buckets=GPU_BUCKETS) == 128
 
 
