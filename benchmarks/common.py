@@ -142,8 +142,18 @@ def context(model: str | Path, texts: list[str], max_length: int = 128, packages
     return {
         "cpu": cpu_name(), "cpus": available_cpus(), "python": platform.python_version(),
         "versions": versions(*packages),
+        "commit": git_commit(),
         "token_lengths": length_stats(lengths),
     }
+
+
+def git_commit() -> str | None:
+    """The checkout's commit, so a result line can be traced to the code that produced it."""
+    import subprocess
+
+    done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                          text=True)
+    return done.stdout.strip() or None
 
 
 def context_line(ctx: dict) -> str:

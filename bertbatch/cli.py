@@ -83,7 +83,8 @@ def train(data, output, labels, **options):
 
 @cli.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--optimize", type=click.Choice(["O1", "O2", "O3", "none"]), default="O2", show_default=True)
+@click.option("--optimize", type=click.Choice(["auto", "O1", "O2", "O3", "none"]), default="auto", show_default=True,
+              help="auto: fp32 at O1, int8 from O2 (fastest of each on CPU); a level applies to both.")
 @click.option("--quantize", type=click.Choice(["int8", "none"]), default="int8", show_default=True,
               help="Dynamic int8 graph for CPU.")
 @click.option("--quantize-preset", type=click.Choice(["auto", "avx512_vnni", "avx2", "arm64"]), default="auto",

@@ -130,10 +130,19 @@ def _build_graphs(model_dir: Path, build: Path, config: ExportConfig) -> dict[st
         )
     except Exception as exc:  # optimum raises assorted types for unsupported architectures
         raise ModelError(f"ONNX export of {model_dir} failed: {exc}") from None
-    fp32 = _optimize(raw, build / "opt", config.optimize) if config.optimize != "none" else raw / "model.onnx"
-    graphs = {"fp32": fp32}
+    fp32_level, int8_level = ("O1", "O2") if config.optimize == "auto" else (config.optimize, config.optimize)
+    optimized = {}
+
+    def level(name: str) -> Path:
+        if name == "none":
+            return raw / "model.onnx"
+        if name not in optimized:
+            optimized[name] = _optimize(raw, build / name, name)
+        return optimized[name]
+
+    graphs = {"fp32": level(fp32_level)}
     if config.quantize == "int8":
-        graphs["int8"] = _quantize_int8(fp32, build / "int8", _preset(config))
+        graphs["int8"] = _quantize_int8(level(int8_level), build / "int8", _preset(config))
     if config.fp16:
         graphs["fp16"] = _to_fp16(raw, build / "fp16")
     return graphs

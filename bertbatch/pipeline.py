@@ -39,7 +39,7 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
     started = time.time()
     files = expand_inputs(inputs)
     input_is_dir = any(Path(i).is_dir() for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs))
-    keep, kept_schema = _preflight(files, config)
+    keep, kept_schema = check_inputs(files, config)
     scorer = Scorer(model_dir, config, runner=runner)
     fmt = config.output_format or ("csv" if str(output) == "-" else output_format(str(output), None))
     layout = OutputLayout(str(output), fmt, files, input_is_dir, config.overwrite, config.resume)
@@ -232,7 +232,7 @@ def _background(iterable, depth: int, stop: threading.Event):
         yield item
 
 
-def _preflight(files: list[Path], config: ScoreConfig) -> tuple[list[str], pa.Schema]:
+def check_inputs(files: list[Path], config: ScoreConfig) -> tuple[list[str], pa.Schema]:
     """Check every input file before any output: text column present and textual, same kept schema."""
     reference = None
     needed = [config.text_column] + ([config.text_pair_column] if config.text_pair_column else [])

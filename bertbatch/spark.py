@@ -34,7 +34,7 @@ from .errors import InputError, ModelError, require
 from .io import csv_delimiter, expand_inputs, file_format, output_format
 from .manifest import sha256_file
 from .modeldir import ModelDir
-from .pipeline import _preflight
+from .pipeline import check_inputs
 from .runtime import CPU, CUDA, available_providers, resolve_provider
 from .score import Result, Scorer, result_columns
 
@@ -92,7 +92,7 @@ def score_files(inputs, output: str | Path, model_dir: str | Path, config: Score
     config = replace(config or ScoreConfig(), **overrides)
     _check_engine_options(config, output)
     files = expand_inputs(inputs)
-    keep, _ = _preflight(files, config)
+    keep, _ = check_inputs(files, config)
     _check_output(output, files, config.overwrite)
     config = replace(config, keep=tuple(keep))
     started = time.time()
