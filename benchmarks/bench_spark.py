@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -41,6 +42,8 @@ def make_input(path: Path, rows: int) -> None:
 def spark_session(workers: int, scratch: Path):
     from pyspark.sql import SparkSession
 
+    # local workers start $PYSPARK_PYTHON (default: `python3` on PATH); the spark.pyspark.python conf is not read
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = (
         SparkSession.builder.master(f"local[{workers}]")
         .appName("bench_spark")

@@ -48,7 +48,8 @@ def run_demo(workdir: str | Path = "."):
             yield "  " + graph_line(graph)
 
     output = out_dir / "sms_spam_scored.parquet"
-    summary = score_file(full, output, model_dir, overwrite=True)
+    # the table's own `label` column is the truth to compare with, not an output column: pass id and text through
+    summary = score_file(full, output, model_dir, overwrite=True, keep=("id", "text"))
     scored = pq.read_table(output, columns=["label", "score"])
     agree = float(np.mean(np.array(scored["label"].to_pylist()) == np.array(table["label"].to_pylist())))
     yield (

@@ -23,7 +23,7 @@ from .errors import InputError
 from .io import Rejects, expand_inputs, input_schema, output_format, read_batches
 from .job import Job, fingerprint
 from .output import OutputLayout
-from .score import Result, Scorer, result_columns
+from .score import Result, Scorer, output_schema
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class _Writer:
 
     def __init__(self, layout: OutputLayout, job: Job | None, kept: pa.Schema, scorer: Scorer, config, metadata):
         self.layout, self.job, self.config = layout, job, config
-        self.schema = _output_schema(kept, scorer, config).with_metadata(metadata)
+        self.schema = output_schema(kept, scorer.model.labels, scorer.model.multi_label, config).with_metadata(metadata)
         self.sink = self.key = None
         self.rows_this_run = self.real = self.padded = self.errors = self.part_errors = 0
         self.rows_before = sum(p["rows"] for p in job.state["parts"]) if job else 0
@@ -264,16 +264,6 @@ def _total_rows(files: list[Path]) -> int | None:
     if all(str(f).lower().endswith((".parquet", ".pq")) for f in files):
         return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
     return None
-
-
-def _output_schema(kept: pa.Schema, scorer: Scorer, config: ScoreConfig) -> pa.Schema:
-    import numpy as np
-
-    k = len(scorer.model.labels)
-    empty = Result(np.zeros((0, k), np.float32), np.zeros((0, k), np.float32), np.zeros(0, bool), [],
-                   np.zeros(0, np.int64), 0, 0)
-    columns = result_columns(empty, scorer.model.labels, scorer.model.multi_label, config)
-    return pa.schema(list(kept) + [pa.field(name, array.type) for name, array in columns.items()])
 
 
 def _summary(totals: dict, scorer: Scorer, metadata: dict, layout: OutputLayout, started: float, resumed: bool) -> dict:

@@ -180,6 +180,28 @@ class Scorer:
         return rows
 
 
+def result_schema(labels: list[str], multi_label: bool, config: ScoreConfig) -> pa.Schema:
+    """Arrow types of the result columns, from the same code that builds them (an empty result)."""
+    k = len(labels)
+    empty = Result(np.zeros((0, k), np.float32), np.zeros((0, k), np.float32), np.zeros(0, bool), [],
+                   np.zeros(0, np.int64), 0, 0)
+    return pa.schema([pa.field(n, a.type) for n, a in result_columns(empty, labels, multi_label, config).items()])
+
+
+def output_schema(kept: pa.Schema, labels: list[str], multi_label: bool, config: ScoreConfig) -> pa.Schema:
+    """Kept input columns, then the result columns; an input column with a result column's name is refused
+    (it would be overwritten, or duplicated, silently)."""
+    results = result_schema(labels, multi_label, config)
+    clash = [name for name in kept.names if name in results.names]
+    if clash:
+        others = [name for name in kept.names if name not in clash]
+        raise InputError(
+            f"Input column(s) {clash} have the names of bertbatch's output columns {results.names}. Rename them, "
+            f"or leave them out with --keep {','.join(others) or 'COLUMNS'}."
+        )
+    return pa.schema(list(kept) + list(results))
+
+
 OOM_MARKERS = ("out of memory", "failed to allocate", "bad_alloc", "alloc_failed", "cudaerrormemoryallocation")
 
 

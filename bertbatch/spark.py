@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, replace
 from functools import partial, reduce
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from .config import ScoreConfig
@@ -36,7 +35,7 @@ from .manifest import sha256_file
 from .modeldir import ModelDir
 from .pipeline import check_inputs
 from .runtime import CPU, CUDA, available_providers, resolve_provider
-from .score import Result, Scorer, result_columns
+from .score import Scorer, output_schema
 
 log = logging.getLogger(__name__)
 
@@ -211,31 +210,20 @@ def _score(df, model_dir, config: ScoreConfig, ship_model: bool | None, tally: b
     hashes = _hash_files(model.path, [*GRAPH_HASHED, *_candidate_graphs(model, config)])
     shipped = _ship(spark, model, hashes) if ship else None
     job = _Job(ModelShipment(str(model.path), shipped, hashes), config, tuple(keep))
-    schema = _spark_schema(df.schema, keep, result_schema(model, config))
+    kept = pa.schema([pa.field(name, pa.null()) for name in keep])  # names only: Spark keeps its own types
+    results = pa.schema(list(output_schema(kept, model.labels, model.multi_label, config))[len(keep):])
+    schema = _spark_schema(df.schema, keep, results)
     accumulator = spark.sparkContext.accumulator({}, _Tally()) if tally else None
     selected = df.select(*[_column(c) for c in _read_columns(keep, config)])
     return selected.mapInArrow(partial(_label_partition, job=job, tally=accumulator), schema), accumulator
 
 
-def result_schema(model: ModelDir, config: ScoreConfig) -> pa.Schema:
-    """Arrow types of the result columns, from the same code that builds them (an empty result)."""
-    k = len(model.labels)
-    empty = Result(np.zeros((0, k), np.float32), np.zeros((0, k), np.float32), np.zeros(0, bool), [],
-                   np.zeros(0, np.int64), 0, 0)
-    columns = result_columns(empty, model.labels, model.multi_label, config)
-    return pa.schema([pa.field(name, array.type) for name, array in columns.items()])
-
-
 def _spark_schema(input_schema, keep: list[str], results: pa.Schema):
-    """Kept input fields as Spark has them, then the result fields; a result replaces a kept column of its name
-    in place, exactly as `Scorer.assemble` builds each batch."""
+    """Kept input fields as Spark has them, then the result fields (output_schema refused name clashes)."""
     from pyspark.sql.pandas.types import from_arrow_schema
     from pyspark.sql.types import StructType
 
-    produced = {f.name: f for f in from_arrow_schema(results).fields}
-    fields = {name: produced.get(name, input_schema[name]) for name in keep}
-    fields.update({name: f for name, f in produced.items() if name not in fields})
-    return StructType(list(fields.values()))
+    return StructType([input_schema[name] for name in keep] + list(from_arrow_schema(results).fields))
 
 
 def _check_columns(df, config: ScoreConfig) -> None:

@@ -125,6 +125,16 @@ def test_csv_output_and_metadata(tmp_path, tiny_model):
     assert meta[b"bertbatch.model"] == b"tiny" and b"bertbatch.provider" in meta and b"bertbatch.graph" in meta
 
 
+def test_input_column_named_like_an_output_column_is_refused(tmp_path, tiny_model):
+    src = tmp_path / "labeled.parquet"
+    pq.write_table(pa.table({"id": ["1"], "text": ["good"], "label": ["pos"]}), src)
+    for out in (tmp_path / "out.parquet", tmp_path / "outdir"):
+        with pytest.raises(InputError, match=r"Input column\(s\) \['label'\] .* --keep id,text"):
+            score_file(src, out, tiny_model)
+    kept = score_file(src, tmp_path / "ok.parquet", tiny_model, keep=("id", "text"))
+    assert kept["rows_written"] == 1
+
+
 def test_existing_output_and_output_equal_input_are_refused(tmp_path, tiny_model):
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"text": ["good"]}), src)

@@ -46,5 +46,5 @@ def test_minilm_export_parity_and_scoring_matches_pytorch(sms_model):
     fp32 = [r["label"] for r in Scorer(model, graph="fp32").predict(texts)]
     torch = [r["label"] for r in Scorer(model, graph="torch").predict(texts)]
     assert fp32 == torch
-    summary = score_file(tmp / "test.parquet", tmp / "scored.parquet", model)
+    summary = score_file(tmp / "test.parquet", tmp / "scored.parquet", model, keep=("id", "text"))
     assert summary["rows_written"] == 1000 and summary["graph"] == "int8"
