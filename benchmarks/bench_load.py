@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from common import peak_rss_mb  # noqa: E402
 
 
 def build_tiny_model(path: Path) -> None:
@@ -57,11 +58,12 @@ def child(model: str, data: str, out: str) -> dict:
     start = time.perf_counter()
     summary = score_file(data, out, model, rows_per_part=250_000)
     seconds = time.perf_counter() - start
+    peak = peak_rss_mb()  # before this harness reads the ids back
     ids = np.concatenate([pq.read_table(p, columns=["id"])["id"].to_numpy() for p in sorted(Path(out).glob("part-*"))])
     return {"rows": summary["rows_written"], "rows_in": summary["rows_in"], "seconds": round(seconds, 1),
             "rows_per_s": round(summary["rows_written"] / seconds, 1), "padding_ratio": summary["padding_ratio"],
             "ids_in_order": bool(np.array_equal(ids, np.arange(len(ids)))), "parts": len(summary["parts"]),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+            "peak_rss_mb": peak}
 
 
 def main() -> None:

@@ -90,7 +90,17 @@ def run_child(script: str | Path, args: list[str], what: str, env: dict | None =
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size so far (Linux reports ru_maxrss in KiB)."""
+    """This process's peak resident set size so far, in MB.
+
+    Linux: VmHWM from /proc/self/status, the high-water mark of this address space. Not getrusage's
+    ru_maxrss, which a child inherits from its parent's RSS at fork time (exec does not reset it), so a
+    child spawned by a parent holding torch would report the parent's size as its own peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
