@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from common import (
+    add_child_arguments,
     agreement,
     append_jsonl,
     context,
@@ -155,9 +156,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=3000)
     parser.add_argument("--runs", type=int, default=1, help="fresh processes per way; the median rows/s is kept")
     parser.add_argument("--ways", default=",".join(WAYS), help=f"comma-separated subset of {','.join(WAYS)}")
-    parser.add_argument("--child")
-    parser.add_argument("--data")
-    parser.add_argument("--out")
+    add_child_arguments(parser)
     args = parser.parse_args()
     if args.child:
         emit(child(args.child, args.model, args.data, args.out))

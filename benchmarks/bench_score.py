@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 from common import (
+    add_child_arguments,
     append_jsonl,
     context,
     emit,
@@ -71,9 +72,7 @@ def main() -> None:
     parser.add_argument("--model", default="models/sms-spam")
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--memory-factor", type=int, default=10, help="int8 rerun on this many times the rows")
-    parser.add_argument("--child")
-    parser.add_argument("--data")
-    parser.add_argument("--out")
+    add_child_arguments(parser)
     args = parser.parse_args()
     if args.child:
         emit(child(args.child, args.model, args.data, args.out))

@@ -89,6 +89,12 @@ def run_child(script: str | Path, args: list[str], what: str, env: dict | None =
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def add_child_arguments(parser) -> None:
+    """--child/--data/--out: how a script re-runs itself in a fresh process for one measurement."""
+    for name in ("--child", "--data", "--out"):
+        parser.add_argument(name)
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set size so far, in MB.
 
