@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 
 import click
@@ -25,6 +26,9 @@ def _friendly(fn):
             return fn(*args, **kwargs)
         except BertbatchError as exc:
             raise click.ClickException(str(exc)) from exc
+        except BrokenPipeError:  # `-o - | head`: the reader left; stop quietly, as `cat` would
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
 
     return wrapper
 

@@ -39,7 +39,8 @@ def run_demo(workdir: str | Path = "."):
         manifest = read_manifest(model_dir)
         yield f"Model: {model_dir} exists (delete it to fine-tune again)"
     metrics = manifest["train"]["test_metrics"]
-    yield f"Test split: accuracy {metrics['accuracy']:.4f}, spam F1 {metrics['per_class']['spam']['f1']:.4f}"
+    yield (f"Held-out test split ({metrics['n']} rows, {metrics['per_class']['spam']['support']} spam): "
+           f"accuracy {metrics['accuracy']:.4f}, spam F1 {metrics['per_class']['spam']['f1']:.4f}")
 
     if not (model_dir / "onnx" / "model.onnx").exists():
         yield "Exporting ONNX graphs (fp32 O2 + int8) with the parity gate"
@@ -54,6 +55,7 @@ def run_demo(workdir: str | Path = "."):
     agree = float(np.mean(np.array(scored["label"].to_pylist()) == np.array(table["label"].to_pylist())))
     yield (
         f"Scored {summary['rows_written']:,} rows in {summary['seconds']:.1f}s ({summary['rows_per_s']:,} rows/s, "
-        f"{summary['provider']}, graph {summary['graph']}); labels match the dataset on {agree:.2%} of rows"
+        f"{summary['provider']}, graph {summary['graph']}); labels match the dataset's on {agree:.2%} of all rows "
+        f"({TRAIN_ROWS:,} of them were seen in training)"
     )
     yield f"Labeled file: {output}"

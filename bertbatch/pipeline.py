@@ -60,16 +60,18 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
             return _summary(job.state, scorer, metadata, layout, started, resumed=True)
     writer = _Writer(layout, job, kept_schema, scorer, config, metadata)
     rejects = Rejects() if config.on_bad_rows == "reject" else None
-    stop = threading.Event()
+    stop, threads = threading.Event(), []
     total = _total_rows(files)
     try:
-        for item in _background(_scored(scorer, files, keep, config, rejects, job, stop), 2, stop):
+        for item in _background(_scored(scorer, files, keep, config, rejects, job, stop, threads), 2, stop, threads):
             writer.take(*item, rejects)
             if progress and item[2] is not None:
                 progress(writer.rows_this_run + writer.rows_before, total)
         totals = writer.close(rejects, total)
     except BaseException as exc:
         stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
         writer.abort()
         if isinstance(exc, InputError) and not config.resume:
             layout.remove_outputs()  # bad data fails again on retry: leave nothing under the final name
@@ -105,7 +107,7 @@ def _windows(files, columns, config: ScoreConfig, rejects, job: Job | None):
         yield index, None, None
 
 
-def _scored(scorer: Scorer, files, keep, config: ScoreConfig, rejects, job, stop):
+def _scored(scorer: Scorer, files, keep, config: ScoreConfig, rejects, job, stop, threads):
     columns = list(dict.fromkeys(keep + [config.text_column] + ([config.text_pair_column] if config.text_pair_column else [])))
 
     def tokenized():
@@ -117,7 +119,7 @@ def _scored(scorer: Scorer, files, keep, config: ScoreConfig, rejects, job, stop
             pairs = batch.column(config.text_pair_column).to_pylist() if config.text_pair_column else None
             yield index, chunk, batch, scorer.encode(texts, pairs)
 
-    for index, chunk, batch, encoded in _background(tokenized(), 2, stop):
+    for index, chunk, batch, encoded in _background(tokenized(), 2, stop, threads):
         if batch is None:
             yield index, chunk, None, None
             continue
@@ -202,8 +204,11 @@ class _Writer:
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def _background(iterable, depth: int, stop: threading.Event):
-    """Run a generator in a thread with a bounded queue; its exceptions surface in the consumer."""
+def _background(iterable, depth: int, stop: threading.Event, threads: list):
+    """Run a generator in a thread with a bounded queue; its exceptions surface in the consumer.
+
+    Both sides poll `stop`, so after a failure anywhere every stage ends and can be joined: a thread left
+    inside native code (ONNX Runtime, tokenizers) at interpreter exit aborts the process."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
 
@@ -222,9 +227,16 @@ def _background(iterable, depth: int, stop: threading.Event):
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
             q.put(exc)
 
-    threading.Thread(target=produce, daemon=True).start()
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    threads.append(thread)
     while True:
-        item = q.get()
+        try:
+            item = q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return
+            continue
         if item is done:
             return
         if isinstance(item, BaseException):

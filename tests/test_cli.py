@@ -55,3 +55,16 @@ def test_scoring_never_imports_torch(tmp_path, tiny_exported):
         "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'scoring imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_closed_stdout_ends_quietly_without_aborting_worker_threads(tmp_path, tiny_exported):
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": [f"great movie number {i}" for i in range(20_000)]}), src)
+    exe = Path(sys.executable).parent / "bertbatch"
+    proc = subprocess.Popen([str(exe), "score", str(tiny_exported), str(src), "-o", "-", "--silent"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b'"text"')
+    proc.stdout.close()  # the reader leaves, like `| head -1`
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 141, stderr.decode()
+    assert b"terminate called" not in stderr and b"Traceback" not in stderr
