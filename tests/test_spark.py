@@ -196,6 +196,13 @@ def test_missing_text_column_is_named(spark_session, tiny_exported, table_path):
         bspark.score(df, tiny_exported, text_col="n")
 
 
+def test_input_column_named_like_an_output_column_is_refused(spark_session, tiny_exported):
+    df = spark_session.createDataFrame([("1", "good", "pos")], ["id", "text", "label"])
+    with pytest.raises(InputError, match=r"Input column\(s\) \['label'\] .* --keep id,text"):
+        bspark.score(df, tiny_exported)
+    assert bspark.score(df, tiny_exported, keep=("id", "text")).count() == 1
+
+
 def test_without_pyspark_the_error_names_the_extra(monkeypatch, tiny_exported):
     monkeypatch.setitem(sys.modules, "pyspark", None)
     with pytest.raises(MissingDependency, match=r"bertbatch\[spark\]"):
