@@ -75,11 +75,11 @@ def labels_by_id(path: Path) -> dict:
 def context(model: str, data: Path) -> dict:
     from tokenizers import Tokenizer
 
+    from bertbatch.bench import cpu_model
     from bertbatch.manifest import versions
     from bertbatch.runtime import available_cpus
 
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
+    cpu = cpu_model()
     java = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False).stderr.splitlines()
     tok = Tokenizer.from_file(str(Path(model) / "tokenizer.json"))
     tok.enable_truncation(128)

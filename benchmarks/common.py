@@ -129,8 +129,9 @@ def median_seconds(fn, runs: int, warmup: int = 1) -> tuple[float, list[float]]:
 
 # ------------------------------------------------------------------------------------------------ context
 def cpu_name() -> str:
-    return next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                 if l.startswith("model name")), platform.processor())
+    from bertbatch.bench import cpu_model
+
+    return cpu_model()
 
 
 def token_lengths(tokenizer_file: str | Path, texts: list[str], max_length: int) -> np.ndarray:

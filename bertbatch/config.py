@@ -106,6 +106,15 @@ class ScoreConfig:
     rows_per_part: int = 1_000_000
     allow_pickle: bool = False  # PyTorch backend on a pytorch_model.bin checkpoint
 
+    @property
+    def text_columns(self) -> list[str]:
+        """The columns the model reads: the text, and the pair's second text when there is one."""
+        return [self.text_column] + ([self.text_pair_column] if self.text_pair_column else [])
+
+    def read_columns(self, keep: list[str]) -> list[str]:
+        """Kept columns, then the text columns not already kept: what a reader must decode."""
+        return list(dict.fromkeys(list(keep) + self.text_columns))
+
     def __post_init__(self):
         if self.provider not in ("auto", "cuda", "cpu"):
             raise InputError(f"--provider must be auto, cuda or cpu; got '{self.provider}'.")

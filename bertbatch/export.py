@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import platform
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ import numpy as np
 from .checkpoint import check_weights_format
 from .config import ExportConfig
 from .errors import ModelError, ValidationFailed, require
-from .manifest import sha256_file, update_manifest, versions
+from .manifest import replace_dir, sha256_file, update_manifest, versions
 from .metrics import metrics_from_logits
 from .modeldir import GRAPH_FILES, ModelDir
 from .train import TEST_SPLIT_FILE
@@ -92,7 +91,7 @@ def export_onnx(model_dir: str | Path, config: ExportConfig | None = None, **ove
         for name in SIDE_FILES:
             if (model_dir / name).exists():
                 shutil.copy2(model_dir / name, staging / name)
-        _replace_dir(staging, model_dir / "onnx")
+        replace_dir(staging, model_dir / "onnx")
 
     section = {
         "graphs": graphs,
@@ -185,16 +184,6 @@ def _to_fp16(raw: Path, out: Path) -> Path:
     fp16 = OptimizationConfig(optimization_level=2, optimize_for_gpu=True, fp16=True)
     ORTOptimizer.from_pretrained(raw).optimize(fp16, save_dir=out)
     return out / "model_optimized.onnx"
-
-
-def _replace_dir(staging: Path, final: Path) -> None:
-    if final.exists():
-        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, trash)
-        os.replace(staging, final)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, final)
 
 
 # ----------------------------------------------------------------------------------------------- validation

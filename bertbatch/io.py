@@ -233,12 +233,15 @@ def _decode_utf8(path, block: pa.RecordBatch, offset: int, rejects: Rejects | No
 
 # ----------------------------------------------------------------------------------------------- atomic sinks
 class Sink:
-    """Writes record batches to a temp file beside `path` and renames it into place on commit."""
+    """Writes record batches to a temp file beside `path` and renames it into place on commit.
 
-    def __init__(self, path: Path, schema: pa.Schema):
+    With `stream` (`-o -`) it writes there instead: no temp file, nothing to rename."""
+
+    def __init__(self, path: Path, schema: pa.Schema, stream=None):
         self.path = Path(path)
+        self.stream = stream
         self.tmp = self.path.with_name(f".{self.path.name}.tmp")
-        if self.path.name != "-":
+        if stream is None:
             self.tmp.unlink(missing_ok=True)  # a leftover of a killed run (or a planted link) is never written through
         self.schema = schema
         self.rows = 0
@@ -251,6 +254,8 @@ class Sink:
 
     def commit(self) -> None:
         self._close()
+        if self.stream is not None:
+            return
         with open(self.tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(self.tmp, self.path)
@@ -259,7 +264,8 @@ class Sink:
         try:
             self._close()
         finally:
-            self.tmp.unlink(missing_ok=True)
+            if self.stream is None:
+                self.tmp.unlink(missing_ok=True)
 
 
 class ParquetSink(Sink):
@@ -291,27 +297,29 @@ def _flatten_for_text(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 class CsvSink(Sink):
-    def __init__(self, path, schema):
-        super().__init__(path, schema)
+    def __init__(self, path, schema, stream=None):
+        super().__init__(path, schema, stream)
         self.writer = None
+
+    def _open(self, schema: pa.Schema) -> None:
+        self.writer = csv.CSVWriter(self.stream if self.stream is not None else str(self.tmp), schema)
 
     def write(self, batch):
         batch = _flatten_for_text(batch)
         if self.writer is None:
-            self.writer = csv.CSVWriter(str(self.tmp), batch.schema)
+            self._open(batch.schema)
         self.writer.write_batch(batch)
         self.rows += batch.num_rows
 
     def _close(self):
         if self.writer is None:  # no rows: still write the header
-            self.writer = csv.CSVWriter(str(self.tmp), _text_schema(self.schema))
+            self._open(_text_schema(self.schema))
         self.writer.close()
 
 
 class JsonlSink(Sink):
     def __init__(self, path, schema, stream=None):
-        super().__init__(path, schema)
-        self.stream = stream
+        super().__init__(path, schema, stream)
         self.fh = stream or open(self.tmp, "w", encoding="utf-8")
 
     def write(self, batch):
@@ -324,35 +332,6 @@ class JsonlSink(Sink):
             self.fh.close()
         else:
             self.fh.flush()
-
-    def commit(self):
-        if self.stream is None:
-            super().commit()
-        else:
-            self._close()
-
-
-class StdoutCsvSink(CsvSink):
-    """`-o -` with CSV: stream to stdout (no atomic rename possible)."""
-
-    def __init__(self, schema, stream):
-        Sink.__init__(self, Path("-"), schema)
-        self.writer = None
-        self.stream = stream
-
-    def write(self, batch):
-        batch = _flatten_for_text(batch)
-        if self.writer is None:
-            self.writer = csv.CSVWriter(self.stream, batch.schema)
-        self.writer.write_batch(batch)
-        self.rows += batch.num_rows
-
-    def commit(self):
-        if self.writer is not None:
-            self.writer.close()
-
-    def abort(self):
-        self.commit()
 
 
 SINKS = {"parquet": ParquetSink, "csv": CsvSink, "jsonl": JsonlSink}

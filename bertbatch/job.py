@@ -96,8 +96,13 @@ class Job:
                       "row_end": start + rows, "rows": rows, "errors": errors, "rejects": rejects})
         self.state["parts"] = parts
         if last:
-            self.state["files_done"] = sorted(set(self.state["files_done"]) | {file_index})
+            self.mark_file_done(file_index, save=False)
         self.save()
+
+    def mark_file_done(self, file_index: int, save: bool = True) -> None:
+        self.state["files_done"] = sorted(set(self.state["files_done"]) | {file_index})
+        if save:
+            self.save()
 
     def finish(self, totals: dict) -> None:
         self.state.update(totals, complete=True)

@@ -1,4 +1,5 @@
-"""`bertbatch.json`: the manifest each stage reads and extends (labels, max_length, hashes, metrics, graphs)."""
+"""`bertbatch.json`: the manifest each stage reads and extends (labels, max_length, hashes, metrics, graphs),
+and the atomic file/directory writes the stages share."""
 
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ def write_json_atomic(path: str | Path, payload: dict) -> None:
         json.dump(payload, fh, indent=2, sort_keys=False, default=str)
         fh.write("\n")
     os.replace(tmp, path)
+
+
+def replace_dir(staging: Path, final: Path) -> None:
+    """Put a finished directory in place of `final` (replaced whole if it exists), never half-written."""
+    import shutil
+
+    if final.exists():
+        trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, trash)
+        shutil.move(str(staging), final)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        shutil.move(str(staging), final)
 
 
 def read_manifest(model_dir: str | Path) -> dict:

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .errors import InputError
-from .io import OUTPUT_SUFFIX, REJECT_SCHEMA, SINKS, JsonlSink, Sink, StdoutCsvSink, write_csv_atomic
+from .io import OUTPUT_SUFFIX, REJECT_SCHEMA, SINKS, CsvSink, JsonlSink, Sink, write_csv_atomic
 
 OURS = ("part-", "_SUCCESS", "_rejects.csv", "_manifest.json", ".part-", "._manifest.json")
 
@@ -23,7 +23,6 @@ class OutputLayout:
         self.output = Path(output)
         self.format = fmt
         self.directory = not self.stdout and (input_is_dir or self.output.is_dir() or self.output.suffix == "")
-        self.written: list[Path] = []
         if resume and not self.directory:
             raise InputError("--resume needs a directory output (an -o path without a file suffix).")
         if not self.stdout:
@@ -70,12 +69,11 @@ class OutputLayout:
         if self.stdout:
             if self.format == "jsonl":
                 return JsonlSink(Path("-"), schema, stream=sys.stdout)
-            return StdoutCsvSink(schema, sys.stdout.buffer)
+            return CsvSink(Path("-"), schema, stream=sys.stdout.buffer)
         if self.directory:
             path = self._child(f"part-{file_index:05d}-{chunk:05d}{OUTPUT_SUFFIX[self.format]}")
         else:
             path = self.output
-        self.written.append(path)
         return SINKS[self.format](path, schema)
 
     def list_parts(self) -> list[Path]:

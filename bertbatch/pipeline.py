@@ -108,16 +108,14 @@ def _windows(files, columns, config: ScoreConfig, rejects, job: Job | None):
 
 
 def _scored(scorer: Scorer, files, keep, config: ScoreConfig, rejects, job, stop, threads):
-    columns = list(dict.fromkeys(keep + [config.text_column] + ([config.text_pair_column] if config.text_pair_column else [])))
+    columns = config.read_columns(keep)
 
     def tokenized():
         for index, chunk, batch in _windows(files, columns, config, rejects, job):
             if batch is None:
                 yield index, chunk, None, None
                 continue
-            texts = batch.column(config.text_column).to_pylist()
-            pairs = batch.column(config.text_pair_column).to_pylist() if config.text_pair_column else None
-            yield index, chunk, batch, scorer.encode(texts, pairs)
+            yield index, chunk, batch, scorer.encode_batch(batch)
 
     for index, chunk, batch, encoded in _background(tokenized(), 2, stop, threads):
         if batch is None:
@@ -144,8 +142,7 @@ class _Writer:
             if self.layout.directory and self.key and self.key[0] == index:
                 self._commit(rejects, last=True)
             elif self.job and self.layout.directory:
-                self.job.state["files_done"] = sorted(set(self.job.state["files_done"]) | {index})
-                self.job.save()
+                self.job.mark_file_done(index)
             return
         key = (index, chunk) if self.layout.directory else (0, 0)
         if self.sink is not None and key != self.key:
@@ -247,7 +244,7 @@ def _background(iterable, depth: int, stop: threading.Event, threads: list):
 def check_inputs(files: list[Path], config: ScoreConfig) -> tuple[list[str], pa.Schema]:
     """Check every input file before any output: text column present and textual, same kept schema."""
     reference = None
-    needed = [config.text_column] + ([config.text_pair_column] if config.text_pair_column else [])
+    needed = config.text_columns
     for path in files:
         schema = input_schema(path)
         for column in needed:

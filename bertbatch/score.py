@@ -154,12 +154,15 @@ class Scorer:
             return np.vstack([self._run_halving(ids[:half], mask[:half], types[:half]),
                               self._run_halving(ids[half:], mask[half:], types[half:])])
 
+    def encode_batch(self, batch: pa.RecordBatch) -> Encoded:
+        """`encode` on the text (and pair) columns of an Arrow record batch."""
+        texts = batch.column(self.config.text_column).to_pylist()
+        pair = self.config.text_pair_column
+        return self.encode(texts, batch.column(pair).to_pylist() if pair else None)
+
     def label_batch(self, batch: pa.RecordBatch, keep: list[str]) -> pa.RecordBatch:
         """Score one Arrow record batch: the `keep` columns, then the result columns (same rows, same order)."""
-        config = self.config
-        texts = batch.column(config.text_column).to_pylist()
-        pairs = batch.column(config.text_pair_column).to_pylist() if config.text_pair_column else None
-        return self.assemble(batch, keep, self.run(self.encode(texts, pairs)))
+        return self.assemble(batch, keep, self.run(self.encode_batch(batch)))
 
     def assemble(self, batch: pa.RecordBatch, keep: list[str], result: Result) -> pa.RecordBatch:
         columns = {name: batch.column(name) for name in keep}

@@ -124,7 +124,7 @@ def _write_scored(spark, files, output: str, model_dir, config: ScoreConfig, shi
     """Read, score and write with Spark's commit protocol; counts read back from the written Parquet."""
     from pyspark.sql import functions as F
 
-    df = _read(spark, files, _read_columns(list(config.keep), config))
+    df = _read(spark, files, config.read_columns(list(config.keep)))
     spread = partitions or spark.sparkContext.defaultParallelism
     # one multi-line CSV file is one partition (it cannot be split): spread its rows over the workers
     out, tally = _score(df.repartition(spread) if df.rdd.getNumPartitions() < spread else df,
@@ -214,7 +214,7 @@ def _score(df, model_dir, config: ScoreConfig, ship_model: bool | None, tally: b
     results = pa.schema(list(output_schema(kept, model.labels, model.multi_label, config))[len(keep):])
     schema = _spark_schema(df.schema, keep, results)
     accumulator = spark.sparkContext.accumulator({}, _Tally()) if tally else None
-    selected = df.select(*[_column(c) for c in _read_columns(keep, config)])
+    selected = df.select(*[_column(c) for c in config.read_columns(keep)])
     return selected.mapInArrow(partial(_label_partition, job=job, tally=accumulator), schema), accumulator
 
 
@@ -230,7 +230,7 @@ def _check_columns(df, config: ScoreConfig) -> None:
     from pyspark.sql.types import StringType
 
     types = {f.name: f.dataType for f in df.schema.fields}
-    for column in [config.text_column] + ([config.text_pair_column] if config.text_pair_column else []):
+    for column in config.text_columns:
         if column not in types:
             raise InputError(
                 f"Column '{column}' not found in the DataFrame; columns are {df.columns}. "
@@ -244,11 +244,6 @@ def _check_columns(df, config: ScoreConfig) -> None:
     missing = [c for c in config.keep or () if c not in types]
     if missing:
         raise InputError(f"keep columns {missing} not found in the DataFrame; columns are {df.columns}.")
-
-
-def _read_columns(keep: list[str], config: ScoreConfig) -> list[str]:
-    extra = [config.text_column] + ([config.text_pair_column] if config.text_pair_column else [])
-    return list(dict.fromkeys(list(keep) + extra))
 
 
 def _column(name: str):

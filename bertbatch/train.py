@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, replace
@@ -17,7 +15,7 @@ from .checkpoint import load_classifier, load_tokenizer
 from .config import TrainConfig
 from .data import LabeledData, file_hashes, read_labeled, split
 from .errors import InputError, require
-from .manifest import MANIFEST, sha256_file, versions, write_json_atomic
+from .manifest import MANIFEST, replace_dir, sha256_file, versions, write_json_atomic
 from .metrics import metrics_from_logits
 
 log = logging.getLogger(__name__)
@@ -93,7 +91,7 @@ def fine_tune(data: str | Path, output: str | Path, config: TrainConfig | None =
             "weights_hash": sha256_file(staging / "model.safetensors"),
         }
         write_json_atomic(staging / MANIFEST, manifest)
-        _publish(staging, output)
+        replace_dir(staging, output)
     return manifest
 
 
@@ -257,14 +255,3 @@ def _base_model_hash(name: str) -> str:
     path = Path(resolve_model(name))
     weights = path / "model.safetensors"
     return sha256_file(weights) if weights.exists() else f"hub:{name}"
-
-
-def _publish(staging: Path, output: Path) -> None:
-    """Move the finished checkpoint into place; an existing output (with --overwrite) is replaced whole."""
-    if output.exists():
-        trash = output.with_name(f".{output.name}.old-{os.getpid()}")
-        os.replace(output, trash)
-        shutil.move(str(staging), output)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        shutil.move(str(staging), output)
