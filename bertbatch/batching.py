@@ -13,8 +13,9 @@ import numpy as np
 # longest row: rounding up to a multiple of 8 measured ~12% slower (benchmarks/README.md).
 GPU_BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 448, 512)
 # (max_tokens, max_batch_rows) per provider. CPU: measured plateau on 2 cores (1024/32 gave 970 int8 rows/s,
-# 8192/256 gave 614). CUDA: large batches to fill the device (not measured here: no GPU was available).
-DEFAULT_BUDGET = {"cpu": (1024, 32), "cuda": (16384, 256)}
+# 8192/256 gave 614). CUDA (H100, fp16, benchmarks/bench_gpu.py): 32768/512 ran 97.8k short rows/s on the
+# device vs 73.3k at 16384/256, 39.4k vs 36.1k for 128-token rows; 65536/1024 added nothing.
+DEFAULT_BUDGET = {"cpu": (1024, 32), "cuda": (32768, 512)}
 
 
 def bucket_length(length: int, max_length: int, multiple: int = 1, buckets: tuple[int, ...] | None = None) -> int:

@@ -84,6 +84,10 @@ class OrtRunner:
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         providers = [CPU] if provider == CPU else [(CUDA, {"device_id": device_id}), CPU]
+        if provider == CUDA and hasattr(ort, "preload_dlls"):
+            # onnxruntime-gpu[cuda,cudnn] installs CUDA/cuDNN as pip packages that the loader does not search;
+            # preload_dlls (ORT >= 1.21) loads them from there, else from the system paths.
+            ort.preload_dlls()
         try:
             self.session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
