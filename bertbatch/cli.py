@@ -104,6 +104,9 @@ def train(data, output, labels, **options):
 @click.option("--min-unlabeled-agreement", default=0.95, show_default=True)
 @click.option("--opset", type=int, help="ONNX opset (default: optimum's).")
 @click.option("--allow-pickle", is_flag=True, help="Allow a pytorch_model.bin checkpoint.")
+@click.option("--trim-last-layer/--full-last-layer", default=True, show_default=True,
+              help="Compute the last layer for the first token only, the one the classifier reads (BERT, "
+                   "RoBERTa, XLM-R, CamemBERT, ELECTRA; same logits, ~1/6 fewer FLOPs for a 6-layer model).")
 @_friendly
 def export(model_dir, quantize, **options):
     """Write MODEL_DIR/onnx/: optimized fp32, int8 (and fp16) graphs, each checked against PyTorch."""

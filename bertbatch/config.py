@@ -68,6 +68,8 @@ class ExportConfig:
     min_unlabeled_agreement: float = 0.95  # int8 gate when the validation texts have no labels
     allow_pickle: bool = False
     opset: int | None = None
+    # Compute the last encoder layer for token 0 only (the one the classification head reads): bertbatch/trim.py.
+    trim_last_layer: bool = True
 
     def __post_init__(self):
         if self.optimize not in ("auto", "O1", "O2", "O3", "none"):

@@ -88,8 +88,12 @@ class OrtRunner:
             # onnxruntime-gpu[cuda,cudnn] installs CUDA/cuDNN as pip packages that the loader does not search;
             # preload_dlls (ORT >= 1.21) loads them from there, else from the system paths.
             ort.preload_dlls()
+        # On CPU, ORT's SkipLayerNormalization kernel is ~4x slower than the Add + LayerNormalization it
+        # replaces (export.py leaves it out of CPU graphs); keep the session from fusing it back.
+        disabled = ["SkipLayerNormFusion"] if provider == CPU else []
         try:
-            self.session = ort.InferenceSession(str(graph), sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(str(graph), sess_options=options, providers=providers,
+                                                disabled_optimizers=disabled)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
             raise ModelError(f"onnxruntime cannot load {graph}: {exc}") from None
         active = self.session.get_providers()

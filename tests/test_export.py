@@ -28,7 +28,12 @@ def test_every_graph_written_with_parity_in_manifest(tiny_exported):
         assert manifest["graphs"][key]["sha256"] == graph["sha256"]
     assert graphs["fp32"]["parity"]["max_abs_logit_delta"] <= 1e-4
     assert "Attention" not in graphs["fp32"]["fusions"]  # auto: fp32 at O1 (unfused attention is faster on CPU)
-    assert graphs["int8"]["fusions"]["QAttention"] == 2  # quantized after O2 fusion (symbolic shape inference)
+    # Quantized after O2 fusion (symbolic shape inference). Layer 1 of 2 is fused; the last layer is trimmed to
+    # token 0 (queries from one token, keys from all), a shape the Attention fusion does not take.
+    assert graphs["int8"]["fusions"]["QAttention"] == 1
+    assert manifest["export"]["first_token_last_layer"] is True
+    for key in ("fp32", "int8"):  # CPU graphs: ORT's SkipLayerNormalization CPU kernel is the slow path
+        assert "SkipLayerNormalization" not in graphs[key]["fusions"]
     assert manifest["export"]["validation"]["labeled"] is True
     assert graphs["int8"]["parity"]["macro_f1_drop"] <= 0.01
     # fp16 graph: fp16 weights, int64 inputs (verified on CPU here; CUDA unverified without a GPU)
@@ -71,8 +76,9 @@ def test_too_strict_tolerance_fails_nonzero_and_writes_nothing(tmp_path, tiny_mo
 def test_explicit_o2_fuses_attention_in_fp32(tmp_path, tiny_model):
     model = tmp_path / "m"
     shutil.copytree(tiny_model, model)
-    section = export_onnx(model, optimize="O2")
+    section = export_onnx(model, optimize="O2", trim_last_layer=False)
     assert section["graphs"]["fp32"]["fusions"]["Attention"] == 2
+    assert section["first_token_last_layer"] is False
     assert section["settings"]["optimize"] == "O2"
 
 

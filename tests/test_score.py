@@ -230,8 +230,9 @@ class _FakeSession:
 
     active = ["CPUExecutionProvider"]
 
-    def __init__(self, path, sess_options=None, providers=None):
+    def __init__(self, path, sess_options=None, providers=None, disabled_optimizers=None):
         self.asked = providers
+        self.disabled = disabled_optimizers
 
     def get_providers(self):
         return list(self.active)
@@ -292,6 +293,17 @@ def test_cuda_runner_uses_iobinding_and_returns_float32(tiny_exported, monkeypat
     assert out.dtype == np.float32 and out.shape == (3, 2)
     assert runner._binding.ran and set(runner._binding.inputs) == {"input_ids", "attention_mask"}
     assert runner.session.asked[0][0] == CUDA
+    assert runner.session.disabled == []  # SkipLayerNormalization is fast on CUDA: fusion stays on
+
+
+def test_cpu_session_keeps_skip_layer_norm_unfused(tiny_exported, monkeypatch):
+    import onnxruntime as ort
+
+    from bertbatch.runtime import CPU, OrtRunner
+
+    monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
+    runner = OrtRunner(tiny_exported / "onnx" / "model_int8.onnx", CPU)
+    assert runner.session.disabled == ["SkipLayerNormFusion"]
 
 
 def test_model_dir_picks_fp16_on_cuda_and_int8_on_cpu(tiny_exported):
