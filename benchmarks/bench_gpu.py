@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-from common import append_jsonl, context, markdown_table, repeat_to, write_table
+from common import append_jsonl, context, markdown_table, median_seconds, repeat_to, write_table
 
 
 def gpu_name() -> str:
@@ -43,8 +43,7 @@ def timed(fn):
 
 def gpu_seconds(scorer, encoded, repeats: int = 3) -> float:
     """Best of `repeats` runs of the planned batches (tokenized once): the device side alone."""
-    scorer.run(encoded)  # warm-up: kernels for each shape
-    return min(timed(lambda: scorer.run(encoded))[1] for _ in range(repeats))
+    return min(median_seconds(lambda: scorer.run(encoded), repeats)[1])  # one warm-up run first: kernels per shape
 
 
 def main() -> None:
