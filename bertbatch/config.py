@@ -56,8 +56,16 @@ class ExportConfig:
     # auto: fp32 at O1 and int8 quantized from O2, the fastest of each measured on CPU (O2's fused Attention is
     # ~8% slower in fp32 but its QAttention is the fastest int8); O1 | O2 | O3 | none apply to both.
     optimize: str = "auto"
+    # int8: static (calibrated) int8, batch-invariant; None: no int8 graph.
     quantize: str | None = "int8"  # int8 | None
-    quantize_preset: str = "auto"  # auto | avx512_vnni | avx2 | arm64
+    # Also write today's dynamic int8 (model_int8_dynamic.onnx): its scales depend on the batch, so a row's label
+    # can change with its batch-mates. Kept for comparison only; `score` never picks it unless asked (--graph).
+    int8_dynamic: bool = False
+    calibration_rows: int = 300  # validation texts that set the static int8 activation ranges
+    # 7-bit weights: exact integer sums on x86 without VNNI too (see export._quantize_static)
+    reduce_range: bool = True
+    min_ood_agreement: float = 0.95  # int8 top-1 agreement with PyTorch on out-of-domain text
+    quantize_preset: str = "auto"  # auto | avx512_vnni | avx2 | arm64 (dynamic int8 only)
     fp16: bool = False
     validate: str | None = None  # labeled data for the parity gate; default: the test split recorded by train
     text_column: str = "text"
@@ -78,6 +86,8 @@ class ExportConfig:
             raise InputError(f"--quantize must be int8 or none; got '{self.quantize}'.")
         if self.quantize_preset not in ("auto", "avx512_vnni", "avx2", "arm64"):
             raise InputError(f"--quantize-preset must be auto, avx512_vnni, avx2 or arm64; got '{self.quantize_preset}'.")
+        if self.calibration_rows < 1:
+            raise InputError(f"--calibration-rows must be at least 1; got {self.calibration_rows}.")
 
 
 @dataclass(frozen=True)

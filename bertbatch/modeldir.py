@@ -13,7 +13,8 @@ from .errors import ModelError
 from .manifest import read_manifest, sha256_file
 from .runtime import CUDA
 
-GRAPH_FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model_int8.onnx", "fp16": "onnx/model_fp16.onnx"}
+GRAPH_FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model_int8.onnx", "fp16": "onnx/model_fp16.onnx",
+               "int8-dynamic": "onnx/model_int8_dynamic.onnx"}
 
 
 @dataclass
@@ -50,7 +51,7 @@ class ModelDir:
         )
 
     def graph_path(self, graph: str | None, provider: str) -> Path | None:
-        """The .onnx file to run: explicit name/path, else fp16 on CUDA / int8 on CPU, else fp32.
+        """The .onnx file to run: explicit name/path, else `default_graph`.
 
         Returns None when the directory has no ONNX graph (a plain checkpoint: PyTorch backend).
         """
@@ -63,16 +64,32 @@ class ModelDir:
             return None
         if graph:
             if graph not in GRAPH_FILES:
-                raise ModelError(f"--graph must be fp32, int8, fp16, torch or a path to an .onnx file; got '{graph}'.")
+                raise ModelError(f"--graph must be {', '.join(GRAPH_FILES)}, torch or a path to an .onnx file; got '{graph}'.")
             chosen = self.path / GRAPH_FILES[graph]
             if not chosen.exists():
                 raise ModelError(f"{chosen} does not exist; run `bertbatch export {self.path}` (see --help).")
             return chosen
-        preference = ("fp16", "fp32") if provider == CUDA else ("int8", "fp32")
-        for key in preference:
-            if (self.path / GRAPH_FILES[key]).exists():
-                return self.path / GRAPH_FILES[key]
-        return None
+        key, _ = self.default_graph(provider)
+        return None if key is None else self.path / GRAPH_FILES[key]
+
+    def default_graph(self, provider: str) -> tuple[str | None, str]:
+        """The graph `score` runs when neither --graph nor a tune record says otherwise, and why: fp16 then fp32
+        on CUDA; on CPU int8 when its export passed the batch-invariance gate, else fp32. Never dynamic int8."""
+        present = {k for k, f in GRAPH_FILES.items() if (self.path / f).exists()}
+        if provider == CUDA:
+            key = next((k for k in ("fp16", "fp32") if k in present), None)
+            return key, f"{key} is the first of fp16, fp32 present for CUDA" if key else "no ONNX graph"
+        if "int8" in present and self.batch_invariant("int8"):
+            return "int8", "int8 passed the export's batch-invariance gate"
+        if "fp32" in present:
+            why = ("its int8 graph was exported before the batch-invariance gate (re-export to use int8)"
+                   if "int8" in present else "no int8 graph")
+            return "fp32", f"fp32: {why}"
+        return None, "no ONNX graph"
+
+    def batch_invariant(self, key: str) -> bool:
+        """Whether the export recorded that graph `key` passed the batch-invariance gate."""
+        return bool(self.manifest.get("export", {}).get("graphs", {}).get(key, {}).get("batch_invariant"))
 
     def graph_key(self, graph_path: Path | None) -> str:
         if graph_path is None:

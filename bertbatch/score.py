@@ -17,6 +17,7 @@ from .config import ScoreConfig
 from .errors import InputError, ModelError
 from .modeldir import ModelDir
 from .runtime import CUDA, OrtRunner, TorchRunner, resolve_provider
+from .tune import choose_settings
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,20 @@ class Scorer:
 
         self.config = config = replace(config or ScoreConfig(), **overrides)
         self.model = ModelDir.open(model_dir)
+        settings = None
         if runner is None:
             provider = resolve_provider(config.provider)
-            graph = self.model.graph_path(config.graph, provider)
+            # graph, budget and threads: explicit options, else this machine's tune record, else safe defaults
+            settings = choose_settings(self.model, config, provider)
+            graph = self.model.graph_path(settings.graph, provider)
             if graph is None and config.graph != "torch":
                 log.warning("%s has no ONNX graph: scoring with PyTorch (slow). Run `bertbatch export` first.", model_dir)
             if graph is None:
                 runner = TorchRunner(self.model.path, threads=config.threads, allow_pickle=config.allow_pickle)
             else:
-                runner = OrtRunner(graph, provider, config.threads)
+                runner = OrtRunner(graph, provider, settings.threads)
         self.runner = runner
+        self.settings_reason = settings.reason if settings else "runner given by the caller"
         self.graph = getattr(runner, "graph", "custom")
         self.max_length = min(config.max_length or self.model.max_length, self.model.max_length)
         window = config.long_text == "window"
@@ -72,8 +77,8 @@ class Scorer:
         on_gpu = runner.provider == CUDA
         self.buckets = GPU_BUCKETS if on_gpu else None
         default_tokens, default_rows = DEFAULT_BUDGET["cuda" if on_gpu else "cpu"]
-        self.max_tokens = config.max_tokens or default_tokens
-        self.max_batch_rows = config.max_batch_rows or default_rows
+        self.max_tokens = config.max_tokens or (settings.max_tokens if settings else default_tokens)
+        self.max_batch_rows = config.max_batch_rows or (settings.max_batch_rows if settings else default_rows)
         self.oom_splits = 0
         check_consistency(self.model, self.tokenizer, runner)
 

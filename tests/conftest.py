@@ -83,12 +83,12 @@ def write_parquet(path, **columns):
 
 @pytest.fixture(scope="session")
 def tiny_exported(tmp_path_factory, tiny_model):
-    """A copy of the tiny checkpoint with all three ONNX graphs written by `export_onnx`."""
+    """A copy of the tiny checkpoint with every ONNX graph `export_onnx` writes (dynamic int8 included)."""
     import shutil
 
     from bertbatch import export_onnx
 
     path = tmp_path_factory.mktemp("exported") / "tiny"
     shutil.copytree(tiny_model, path)
-    export_onnx(path, fp16=True)
+    export_onnx(path, fp16=True, int8_dynamic=True)
     return path

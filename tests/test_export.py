@@ -19,7 +19,7 @@ def test_every_graph_written_with_parity_in_manifest(tiny_exported):
 
     manifest = json.loads((tiny_exported / "bertbatch.json").read_text())
     graphs = manifest["export"]["graphs"]
-    assert set(graphs) == {"fp32", "int8", "fp16"}
+    assert set(graphs) == {"fp32", "int8", "int8-dynamic", "fp16"}
     for key, graph in graphs.items():
         path = tiny_exported / graph["file"]
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -28,14 +28,18 @@ def test_every_graph_written_with_parity_in_manifest(tiny_exported):
         assert manifest["graphs"][key]["sha256"] == graph["sha256"]
     assert graphs["fp32"]["parity"]["max_abs_logit_delta"] <= 1e-4
     assert "Attention" not in graphs["fp32"]["fusions"]  # auto: fp32 at O1 (unfused attention is faster on CPU)
-    # Quantized after O2 fusion (symbolic shape inference). Layer 1 of 2 is fused; the last layer is trimmed to
-    # token 0 (queries from one token, keys from all), a shape the Attention fusion does not take.
-    assert graphs["int8"]["fusions"]["QAttention"] == 1
+    # Dynamic int8 is quantized after O2 fusion (symbolic shape inference). Layer 1 of 2 is fused; the last
+    # layer is trimmed to token 0 (queries from one token, keys from all), a shape the Attention fusion does not take.
+    assert graphs["int8-dynamic"]["fusions"]["QAttention"] == 1
+    # Static int8 is QDQ on the fp32 (O1) graph: only weight MatMuls quantized, nothing fused at export.
+    assert "QAttention" not in graphs["int8"]["fusions"]
     assert manifest["export"]["first_token_last_layer"] is True
     for key in ("fp32", "int8"):  # CPU graphs: ORT's SkipLayerNormalization CPU kernel is the slow path
         assert "SkipLayerNormalization" not in graphs[key]["fusions"]
     assert manifest["export"]["validation"]["labeled"] is True
     assert graphs["int8"]["parity"]["macro_f1_drop"] <= 0.01
+    assert manifest["export"]["validation"]["out_of_domain"]["source"].startswith("movie-review sentences")
+    assert graphs["int8"]["out_of_domain"]["top1_agreement"] >= 0.95
     # fp16 graph: fp16 weights, int64 inputs (verified on CPU here; CUDA unverified without a GPU)
     fp16 = onnx.load(str(tiny_exported / graphs["fp16"]["file"]))
     weight_types = {init.data_type for init in fp16.graph.initializer}
@@ -67,7 +71,7 @@ def test_too_strict_tolerance_fails_nonzero_and_writes_nothing(tmp_path, tiny_mo
     shutil.copytree(tiny_model, model)
     result = CliRunner().invoke(cli, ["export", str(model), "--max-fp32-delta", "0", "--quantize", "none"])
     assert result.exit_code != 0
-    assert "Parity gate failed" in result.output and "fp32" in result.output
+    assert "Export gate failed" in result.output and "fp32" in result.output
     assert not (model / "onnx" / "model.onnx").exists()
     manifest = json.loads((model / "bertbatch.json").read_text())
     assert "fp32" in manifest["export"]["failed"]
