@@ -163,10 +163,13 @@ def _summary_line(s: dict) -> str:
 @click.option("--text-pair-column", help="Second text of a sentence pair.")
 @click.option("--keep", help="Comma-separated input columns to pass through (default: all).")
 @click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--graph", help="fp32 | int8 | fp16 | torch | path to an .onnx file (default: best for the provider).")
-@click.option("--threads", type=int, help="Intra-op threads (default: CPUs this process may use).")
-@click.option("--max-tokens", type=int, help="Padded-token budget of one batch (default: 1024 on CPU, 32768 on CUDA).")
-@click.option("--max-batch-rows", type=int, help="Row cap of one batch (default: 32 on CPU, 512 on CUDA).")
+@click.option("--graph", help="fp32 | int8 | fp16 | int8-dynamic | torch | path to an .onnx file. Default: this "
+              "machine's `bertbatch tune` record, else int8 on CPU (static, batch-invariant), fp16 on CUDA. "
+              "int8-dynamic is batch-dependent (a row's label can change with its batch-mates): never a default.")
+@click.option("--threads", type=int, help="Intra-op threads (default: tune record, else CPUs this process may use).")
+@click.option("--max-tokens", type=int, help="Padded-token budget of one batch (default: tune record, else 1024 on "
+              "CPU, 32768 on CUDA).")
+@click.option("--max-batch-rows", type=int, help="Row cap of one batch (default: tune record, else 32 on CPU, 512 on CUDA).")
 @click.option("--window-rows", default=4096, show_default=True, help="Rows sorted by length together.")
 @click.option("--max-length", type=int, help="Token limit per text (default: the model's).")
 @click.option("--probs", is_flag=True, help="One prob_<label> column per class.")
