@@ -90,9 +90,17 @@ def train(data, output, labels, **options):
 @click.option("--optimize", type=click.Choice(["auto", "O1", "O2", "O3", "none"]), default="auto", show_default=True,
               help="auto: fp32 at O1, int8 from O2 (fastest of each on CPU); a level applies to both.")
 @click.option("--quantize", type=click.Choice(["int8", "none"]), default="int8", show_default=True,
-              help="Dynamic int8 graph for CPU.")
+              help="Static int8 graph for CPU: activation scales calibrated on validation texts, so a row's result "
+                   "never depends on its batch (batch-invariant, checked by the export gate).")
+@click.option("--int8-dynamic", is_flag=True, help="Also write model_int8_dynamic.onnx (dynamic int8, scales per "
+              "batch): batch-dependent, for comparison only; never a default.")
+@click.option("--calibration-rows", default=300, show_default=True, help="Validation texts that calibrate static int8.")
+@click.option("--reduce-range/--full-range", default=True, show_default=True,
+              help="7-bit int8 weights: exact integer sums on x86 CPUs without VNNI as well.")
+@click.option("--min-ood-agreement", default=0.95, show_default=True,
+              help="int8 top-1 agreement with PyTorch needed on out-of-domain text (movie-review sentences).")
 @click.option("--quantize-preset", type=click.Choice(["auto", "avx512_vnni", "avx2", "arm64"]), default="auto",
-              show_default=True, help="auto reads this CPU's features.")
+              show_default=True, help="Dynamic int8 only: auto reads this CPU's features.")
 @click.option("--fp16", is_flag=True, help="Also write an fp16 graph for GPU.")
 @click.option("--validate", type=click.Path(exists=True), help="Labeled data for the parity gate "
               "(default: the test split recorded by train, else a built-in sample).")
@@ -107,9 +115,13 @@ def train(data, output, labels, **options):
 @click.option("--trim-last-layer/--full-last-layer", default=True, show_default=True,
               help="Compute the last layer for the first token only, the one the classifier reads (BERT, "
                    "RoBERTa, XLM-R, CamemBERT, ELECTRA; same logits, ~1/6 fewer FLOPs for a 6-layer model).")
+@click.option("--tune/--no-tune", "run_tune", default=True, show_default=True,
+              help="Afterwards, a brief `bertbatch tune` on this machine (see --tune-seconds).")
+@click.option("--tune-seconds", default=20.0, show_default=True, help="Time budget of that tune.")
 @_friendly
-def export(model_dir, quantize, **options):
-    """Write MODEL_DIR/onnx/: optimized fp32, int8 (and fp16) graphs, each checked against PyTorch."""
+def export(model_dir, quantize, run_tune, tune_seconds, **options):
+    """Write MODEL_DIR/onnx/: optimized fp32, static int8 (and fp16) graphs, each checked against PyTorch,
+    on out-of-domain text, and (CPU graphs) for batch invariance; then a brief tune on this machine."""
     from .config import ExportConfig
     from .errors import ValidationFailed
     from .export import export_onnx, graph_line
@@ -121,6 +133,28 @@ def export(model_dir, quantize, **options):
         raise
     for graph in section["graphs"].values():
         click.echo(graph_line(graph))
+    if run_tune:
+        from .tune import record_line, tune
+
+        click.echo(record_line(tune(model_dir, seconds=tune_seconds, rows=128)))
+
+
+@cli.command("tune")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--seconds", default=60.0, show_default=True, help="Time budget for measuring.")
+@click.option("--rows", default=512, show_default=True, help="Validation texts timed per measurement.")
+@click.option("--graph", "--graphs", "graphs", help="Comma-separated candidates (default: every batch-invariant "
+              "graph for the provider: fp32, int8; bf16 on CPUs with AMX/AVX512-BF16; fp16 on CUDA).")
+@_friendly
+def tune_(model_dir, graphs, **options):
+    """Time MODEL_DIR's graphs x batch budgets x threads on this machine; record the fastest that passes the
+    gates in bertbatch.json under this machine's signature (CPU, ISA flags, CPUs, provider, onnxruntime).
+    `score` uses the record on a machine with the same signature, else safe defaults."""
+    from .tune import record_line, tune
+
+    record = tune(model_dir, graphs=_csv_list(graphs), progress=lambda line: click.echo(line, err=True), **options)
+    click.echo(record_line(record))
 
 
 class _Progress:

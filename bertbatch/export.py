@@ -461,5 +461,12 @@ def graph_line(graph: dict) -> str:
     """One line per graph for consoles: size and parity figures."""
     p = graph["parity"]
     f1 = f", macro-F1 {p['metrics']['macro_f1']:.4f} (drop {p['macro_f1_drop']:+.4f})" if "metrics" in p else ""
+    ood, inv = graph.get("out_of_domain"), graph.get("invariance")
+    ood = f", out-of-domain agreement {ood['top1_agreement']:.2%}" if ood else ""
+    if inv:
+        kind = "bitwise" if inv["bitwise"] else f"max |Δprob| {inv['max_abs_prob_delta']:.1e}"
+        inv = (f"; batch-invariant ({kind})" if graph["batch_invariant"] else
+               f"; NOT batch-invariant ({inv['label_flips']} label flips, max |Δprob| {inv['max_abs_prob_delta']:.1e}"
+               " across batchings): never a default")
     return (f"{graph['file']}: {graph['size_mb']} MB, max |Δlogit| {p['max_abs_logit_delta']:.2e}, "
-            f"top-1 agreement {p['top1_agreement']:.2%}{f1}")
+            f"top-1 agreement {p['top1_agreement']:.2%}{f1}{ood}{inv or ''}")
