@@ -188,7 +188,7 @@ def _optimize(raw: Path, out: Path, level: str) -> Path:
     return out / "model_optimized.onnx"
 
 
-def _quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: bool) -> Path:
+def _quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: bool, weights_only: bool = True) -> Path:
     """Static int8 (QDQ): per-channel int8 weights, uint8 activations with scales calibrated once (MinMax)
     on validation texts, so a row's arithmetic never depends on its batch-mates. Only MatMuls with a weight
     operand are quantized (MatMulConstBOnly): the attention products, LayerNorm, Softmax, Gelu and the
@@ -196,7 +196,10 @@ def _quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: bo
 
     reduce_range (7-bit weights): on x86 without VNNI, ORT's u8s8 kernel (vpmaddubsw) adds two u8 x s8 products
     into a saturating int16; 255 x 127 x 2 overflows it, 255 x 63 x 2 does not. 7-bit weights keep the sums
-    exact on every x86 CPU, so AVX2 and VNNI machines compute the same integers."""
+    exact on every x86 CPU, so AVX2 and VNNI machines compute the same integers.
+
+    weights_only=False also quantizes the attention products (QK^T, AV): benchmarks/bench_invariance.py
+    --variants measures it against the default."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -219,7 +222,7 @@ def _quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: bo
     quantize_static(
         str(graph), str(target), Feeds(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
         per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        extra_options={"MatMulConstBOnly": True},
+        extra_options={"MatMulConstBOnly": weights_only},
     )
     return target
 
