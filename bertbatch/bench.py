@@ -92,10 +92,12 @@ def _model_config(model: ModelDir) -> dict:
 
 
 def select_graphs(model: ModelDir, graphs, provider: str) -> list[str]:
-    """The graphs asked for, else every ONNX graph present (fp16 only on CUDA: it is a GPU graph)."""
+    """The graphs asked for, else every ONNX graph present (fp16 only on CUDA: it is a GPU graph; int8-dynamic
+    only when asked: it is never a default)."""
     if graphs:
         return list(dict.fromkeys(graphs))
-    present = [k for k, f in GRAPH_FILES.items() if (model.path / f).exists() and (k != "fp16" or provider == CUDA)]
+    present = [k for k, f in GRAPH_FILES.items() if (model.path / f).exists() and (k != "fp16" or provider == CUDA)
+               and k != "int8-dynamic"]
     if not present:
         raise ModelError(
             f"{model.path} has no ONNX graph for {provider} (expected {model.path / GRAPH_FILES['fp32']}). "
