@@ -126,3 +126,33 @@ def test_pickle_checkpoint_refused_unless_allowed(tmp_path, tiny_model):
 def test_missing_graph_is_a_clear_error(tiny_model):
     with pytest.raises(ModelError, match="bertbatch export"):
         Scorer(tiny_model, graph="int8")
+
+
+def test_an_int8_graph_that_depends_on_its_batch_fails_the_gate_and_is_not_written(tmp_path, tiny_model, monkeypatch):
+    """The invariance gate: hand the export a dynamic int8 graph as its static one; it must be refused."""
+    from bertbatch import export as export_module
+
+    def dynamic_instead(graph, out, feeds, reduce_range):
+        return export_module._quantize_dynamic(graph, out, "avx2")
+
+    monkeypatch.setattr(export_module, "_quantize_static", dynamic_instead)
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    with pytest.raises(ValidationFailed, match="int8: not batch-invariant") as err:
+        export_onnx(model)
+    assert err.value.figures["int8"]["invariance"]["max_abs_prob_delta"] > 1e-6
+    assert not (model / "onnx" / "model_int8.onnx").exists()
+    assert (model / "onnx" / "model.onnx").exists()  # fp32 passed its gates and is kept
+
+
+def test_out_of_domain_agreement_below_the_limit_fails_int8():
+    from bertbatch.config import ExportConfig
+    from bertbatch.export import _judge
+
+    figures = {"max_abs_logit_delta": 0.05, "top1_agreement": 1.0, "macro_f1_drop": 0.0,
+               "out_of_domain": {"max_abs_logit_delta": 0.9, "top1_agreement": 0.9},
+               "invariance": {"passed": True, "label_flips": 0, "max_abs_prob_delta": 0.0}}
+    _judge("int8", figures, ExportConfig(min_ood_agreement=0.95))
+    assert not figures["passed"] and "out-of-domain" in figures["reason"]
+    _judge("int8", figures, ExportConfig(min_ood_agreement=0.85))
+    assert figures["passed"]
