@@ -137,6 +137,8 @@ def main() -> None:
     parser.add_argument("--model", default="models/sms-spam")
     parser.add_argument("--rows", type=int, default=4000, help="SMS rows (repeated) timed end to end")
     parser.add_argument("--ood-rows", type=int, default=2000, help="movie-review sentences for the flip count")
+    parser.add_argument("--heldout-rows", type=int, default=None, help="cap on held-out SMS rows (seeded sample)")
+    parser.add_argument("--tune-seconds", type=float, default=90.0)
     parser.add_argument("--variants", action="store_true", help="also measure static int8 variants")
     add_child_arguments(parser)
     args = parser.parse_args()
@@ -151,6 +153,10 @@ def main() -> None:
     from bertbatch.tune import machine_signature, record_line, tune
 
     sms, truth, sms_note = heldout_sms(model)
+    if args.heldout_rows and args.heldout_rows < len(sms):
+        keep = np.sort(np.random.default_rng(0).choice(len(sms), args.heldout_rows, replace=False))
+        sms, truth = [sms[i] for i in keep], [truth[i] for i in keep]
+        sms_note += f", {len(sms):,} of them sampled"
     ood, ood_note = out_of_domain_texts(args.ood_rows)
     files = {"fp32": "model.onnx", "int8": "model_int8.onnx", "int8-dynamic": "model_int8_dynamic.onnx"}
     q = {"fp32": quality(str(model), "model.onnx", sms, truth, ood, None)}
@@ -172,10 +178,10 @@ def main() -> None:
         (untuned / "bertbatch.json").write_text(json.dumps(data_copy))
         runs["default, no tune record"] = run_child(__file__, ["default", "--model", untuned, "--data", data, "--out",
                                                                tmp / "d0.parquet"], "default")
-        record = tune(untuned, provider="cpu", seconds=90)
+        record = tune(untuned, provider="cpu", seconds=args.tune_seconds)
         runs["default, tuned"] = run_child(__file__, ["default", "--model", untuned, "--data", data, "--out",
                                                       tmp / "d1.parquet"], "default")
-        variant_rows = variants(str(model), tmp, sms, truth, ood, q["fp32"], read_texts(data)[:2000]) if args.variants else []
+        variant_rows = variants(str(model), tmp, sms, truth, ood, q["fp32"], read_texts(data)[:1000]) if args.variants else []
 
     base = runs["pipeline"]["rows_per_s"]
     for r in runs.values():
