@@ -132,6 +132,62 @@ def variants(model: str, tmp: Path, sms, truth, ood, fp32: dict, speed_texts) ->
     return rows
 
 
+def interleaved(model: str, graphs: dict, texts: list[str], rounds: int) -> dict:
+    """In-process rows/s of each graph, measured in alternating rounds (A B C A B C ...) so that a busy,
+    shared machine's load drifts over all of them alike; median per graph."""
+    import statistics
+
+    from bertbatch import Scorer
+    from bertbatch.runtime import CPU, OrtRunner
+
+    scorers = {name: Scorer(model, runner=OrtRunner(path, CPU), max_tokens=BUDGET_A[0], max_batch_rows=BUDGET_A[1])
+               for name, path in graphs.items()}
+    for scorer in scorers.values():
+        scorer.logits(texts[:128])
+    times = {name: [] for name in graphs}
+    for _ in range(rounds):
+        for name, scorer in scorers.items():
+            start = time.perf_counter()
+            scorer.logits(texts)
+            times[name].append(time.perf_counter() - start)
+    return {name: round(len(texts) / statistics.median(t), 1) for name, t in times.items()}
+
+
+def interleaved_main(args) -> None:
+    """--interleave N: the graphs and static int8 variants timed in alternating rounds; one JSON line."""
+    from bertbatch.config import ExportConfig
+    from bertbatch.export import _calibration_feeds, _quantize_static, _validation_set, calibration_texts
+    from bertbatch.modeldir import ModelDir
+    from bertbatch.tune import machine_signature
+
+    model = Path(args.model)
+    texts, _ = _validation_set(ModelDir.open(model), ExportConfig())
+    feeds = _calibration_feeds(model, calibration_texts(texts, ExportConfig()))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        graphs = {"fp32": model / "onnx/model.onnx", "int8 (static, default)": model / "onnx/model_int8.onnx",
+                  "int8-dynamic": model / "onnx/model_int8_dynamic.onnx",
+                  "static, 8-bit weights": _quantize_static(model / "onnx/model.onnx", tmp / "full", feeds, False),
+                  "static, + attention products": _quantize_static(model / "onnx/model.onnx", tmp / "att", feeds,
+                                                                   True, weights_only=False)}
+        data = tmp / "input.parquet"
+        make_input(data, args.rows)
+        speed_texts = read_texts(data)
+        ctx = context(model, speed_texts)
+        speeds = interleaved(str(model), graphs, speed_texts, args.interleave)
+    signature = machine_signature("CPUExecutionProvider")
+    base = speeds["int8-dynamic"]
+    record = {"benchmark": "bench_invariance/interleaved", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "model": str(model), "rows": args.rows, "rounds": args.interleave, **ctx, "isa": signature["isa"],
+              "rows_per_s": speeds, "machine_shared": True}
+    path = append_jsonl("invariance", record)
+    print(f"{ctx['cpu']} ({', '.join(signature['isa'])}), {ctx['cpus']} CPUs (shared machine); {args.rows:,} SMS rows, "
+          f"{args.interleave} alternating rounds, median\n")
+    print(markdown_table(["graph", "rows/s", "× dynamic int8", "× fp32"],
+                         [[g, f"{v:,}", round(v / base, 2), round(v / speeds["fp32"], 2)] for g, v in speeds.items()]))
+    print(f"\nAppended to {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/sms-spam")
@@ -139,11 +195,15 @@ def main() -> None:
     parser.add_argument("--ood-rows", type=int, default=2000, help="movie-review sentences for the flip count")
     parser.add_argument("--heldout-rows", type=int, default=None, help="cap on held-out SMS rows (seeded sample)")
     parser.add_argument("--tune-seconds", type=float, default=90.0)
+    parser.add_argument("--interleave", type=int, help="only time graphs and int8 variants in N alternating rounds")
     parser.add_argument("--variants", action="store_true", help="also measure static int8 variants")
     add_child_arguments(parser)
     args = parser.parse_args()
     if args.child:
         emit(child(args.child, args.model, args.data, args.out))
+        return
+    if args.interleave:
+        interleaved_main(args)
         return
     model = Path(args.model)
     missing = [g for g in GRAPHS if not (model / "onnx" / f"model_{g.replace('-', '_')}.onnx").exists() and g != "fp32"]
