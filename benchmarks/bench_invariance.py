@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from common import (
     add_child_arguments,
     append_jsonl,
@@ -114,17 +113,23 @@ def rows_per_s(model: str, graph, texts: list[str]) -> float:
 def variants(model: str, tmp: Path, sms, truth, ood, fp32: dict, speed_texts) -> list[dict]:
     """Static int8 choices, each built here from the model's fp32 graph and the same calibration texts."""
     from bertbatch.config import ExportConfig
-    from bertbatch.export import _calibration_feeds, _quantize_static, _validation_set, calibration_texts
+    from bertbatch.export import (
+        _calibration_feeds,
+        _quantize_static,
+        _validation_set,
+        calibration_texts,
+    )
     from bertbatch.modeldir import ModelDir
 
     texts, _ = _validation_set(ModelDir.open(model), ExportConfig())
     feeds = _calibration_feeds(Path(model), calibration_texts(texts, ExportConfig()))
     rows = []
-    for name, reduce_range, weights_only in (("weights only, 7-bit (default)", True, True),
-                                             ("weights only, 8-bit", False, True),
-                                             ("weights + attention products, 7-bit", True, False)):
+    for name, reduce_range, weights_only, float_out in (("weights only, 7-bit (default)", True, True, True),
+                                                        ("weights only, 8-bit", False, True, True),
+                                                        ("weights + attention products, 7-bit", True, False, True),
+                                                        ("weights only, int8 outputs, 7-bit", True, True, False)):
         graph = _quantize_static(Path(model) / "onnx" / "model.onnx", tmp / name.replace(" ", "_").replace(",", ""),
-                                 feeds, reduce_range, weights_only)
+                                 feeds, reduce_range, weights_only, float_out)
         q = quality(model, graph, sms, truth, ood, fp32)
         rows.append({"variant": name, "rows_per_s": rows_per_s(model, graph, speed_texts),
                      **{f"{k}_{m}": q[k][m] for k in ("sms", "ood") for m in ("agreement_with_fp32", "flips")},
@@ -156,7 +161,12 @@ def interleaved(model: str, graphs: dict, texts: list[str], rounds: int) -> dict
 def interleaved_main(args) -> None:
     """--interleave N: the graphs and static int8 variants timed in alternating rounds; one JSON line."""
     from bertbatch.config import ExportConfig
-    from bertbatch.export import _calibration_feeds, _quantize_static, _validation_set, calibration_texts
+    from bertbatch.export import (
+        _calibration_feeds,
+        _quantize_static,
+        _validation_set,
+        calibration_texts,
+    )
     from bertbatch.modeldir import ModelDir
     from bertbatch.tune import machine_signature
 
@@ -169,7 +179,9 @@ def interleaved_main(args) -> None:
                   "int8-dynamic": model / "onnx/model_int8_dynamic.onnx",
                   "static, 8-bit weights": _quantize_static(model / "onnx/model.onnx", tmp / "full", feeds, False),
                   "static, + attention products": _quantize_static(model / "onnx/model.onnx", tmp / "att", feeds,
-                                                                   True, weights_only=False)}
+                                                                   True, weights_only=False),
+                  "static, int8 outputs (QLinearMatMul)": _quantize_static(model / "onnx/model.onnx", tmp / "qout",
+                                                                           feeds, True, float_out=False)}
         data = tmp / "input.parquet"
         make_input(data, args.rows)
         speed_texts = read_texts(data)

@@ -188,18 +188,20 @@ def _optimize(raw: Path, out: Path, level: str) -> Path:
     return out / "model_optimized.onnx"
 
 
-def _quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: bool, weights_only: bool = True) -> Path:
+def _quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: bool, weights_only: bool = True,
+                     float_out: bool = True) -> Path:
     """Static int8 (QDQ): per-channel int8 weights, uint8 activations with scales calibrated once (MinMax)
     on validation texts, so a row's arithmetic never depends on its batch-mates. Only MatMuls with a weight
-    operand are quantized (MatMulConstBOnly): the attention products, LayerNorm, Softmax, Gelu and the
-    pooler/classifier Gemms stay fp32. ORT fuses each DQ -> MatMul into an integer GEMM with exact int32 sums.
+    operand are quantized, and their outputs stay float: ORT fuses each into MatMulIntegerToFloat (exact int32
+    sums, then one scale). The attention products (QK^T, AV), LayerNorm, Softmax, Gelu and the pooler/classifier
+    Gemms stay fp32. Measured on MiniLM SMS, 9 alternating rounds (benchmarks/README.md): 0.97x dynamic int8's
+    speed; quantizing the outputs too (float_out=False: QLinearMatMul) 0.90x; the attention products too
+    (weights_only=False) 0.82x.
 
     reduce_range (7-bit weights): on x86 without VNNI, ORT's u8s8 kernel (vpmaddubsw) adds two u8 x s8 products
     into a saturating int16; 255 x 127 x 2 overflows it, 255 x 63 x 2 does not. 7-bit weights keep the sums
-    exact on every x86 CPU, so AVX2 and VNNI machines compute the same integers.
-
-    weights_only=False also quantizes the attention products (QK^T, AV): benchmarks/bench_invariance.py
-    --variants measures it against the default."""
+    exact on every x86 CPU, so AVX2 and VNNI machines compute the same integers (unverified on an AVX2-only CPU).
+    """
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -208,7 +210,11 @@ def _quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: bo
         quantize_static,
     )
 
-    names = {i.name for i in onnx.load(str(graph), load_external_data=False).graph.input}
+    model = onnx.load(str(graph), load_external_data=False)
+    names = {i.name for i in model.graph.input}
+    weights = {i.name for i in model.graph.initializer}
+    # QDQ ignores extra_options MatMulConstBOnly (only the QOperator path reads it): name the nodes instead.
+    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and (not weights_only or n.input[1] in weights)]
 
     class Feeds(CalibrationDataReader):
         def __init__(self):
@@ -221,8 +227,8 @@ def _quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: bo
     target = out / "model_int8.onnx"
     quantize_static(
         str(graph), str(target), Feeds(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-        per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-        extra_options={"MatMulConstBOnly": weights_only},
+        nodes_to_quantize=matmuls, per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8, extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"] if float_out else []},
     )
     return target
 
