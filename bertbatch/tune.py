@@ -113,7 +113,8 @@ def tune(model_dir: str | Path, provider: str = "auto", seconds: float = 60.0, r
          graphs: list[str] | None = None, texts: list[str] | None = None, progress=None) -> dict:
     """Time candidate graphs x budgets x threads on validation texts; record and return the fastest that
     passes the gates. `seconds` bounds the measuring (the safe default and each graph's first point always
-    run). `progress(line)` receives one line per measurement."""
+    run, and a winner other than the default is confirmed against it in two alternating rounds).
+    `progress(line)` receives one line per measurement."""
     from .runtime import OrtRunner
 
     if seconds <= 0 or rows < 1:
@@ -163,17 +164,27 @@ def tune(model_dir: str | Path, provider: str = "auto", seconds: float = 60.0, r
         if time.monotonic() > deadline:
             break
         measure(best["graph"], (best["max_tokens"], best["max_batch_rows"]), n_threads, runners)
-    runners.clear()
     best = max(measured, key=lambda p: p["rows_per_s"])
-    gate = _invariance_here(model.path, model.path / GRAPH_FILES[best["graph"]], provider, texts[:64], best)
     default = next(p for p in measured if p["graph"] == default_key and p["max_tokens"] == default_budget[0]
                    and p["threads"] == threads[0]) if default_key in keys else None
+    if default is not None and best is not default:
+        # Confirm against the default in alternating rounds: on a shared machine a single lucky measurement
+        # must not become the record. The winner must beat the default in both rounds.
+        wins = 0
+        for _ in range(2):
+            d = measure(default["graph"], (default["max_tokens"], default["max_batch_rows"]), default["threads"], runners)
+            b = measure(best["graph"], (best["max_tokens"], best["max_batch_rows"]), best["threads"], runners)
+            wins += b["rows_per_s"] > d["rows_per_s"]
+        measured[-4:] = [{**p, "confirm": True} for p in measured[-4:]]
+        best = best if wins == 2 else default
+    runners.clear()
+    gate = _invariance_here(model.path, model.path / GRAPH_FILES[best["graph"]], provider, texts[:64], best)
     record = {
         "signature": signature,
         "choice": best if gate["passed"] else default,
         "gate": gate,
         "default": default,
-        "speedup_vs_default": round(best["rows_per_s"] / default["rows_per_s"], 3) if default else None,
+        "speedup_vs_default": round(best["rows_per_s"] / default["rows_per_s"], 3) if default else None,  # 1st pass
         "measured": measured,
         "skipped": skipped,
         "rows": len(texts),

@@ -43,7 +43,9 @@ def test_tune_records_the_fastest_gated_point_under_this_machines_signature(tune
     model, record = tuned
     key = signature_key(machine_signature(CPU))
     assert manifest(model)["tune"][key]["choice"] == record["choice"]
-    assert record["choice"] == max(record["measured"], key=lambda p: p["rows_per_s"])
+    first_pass = [p for p in record["measured"] if not p.get("confirm")]
+    # the fastest point, unless it failed to beat the safe default in both confirming rounds
+    assert record["choice"] in (max(first_pass, key=lambda p: p["rows_per_s"]), record["default"])
     assert record["choice"]["graph"] in ("fp32", "int8")
     assert record["gate"]["passed"] and record["gate"]["label_flips"] == 0
     assert record["signature"]["provider"] == CPU and "onnxruntime" in record["signature"]
