@@ -107,6 +107,7 @@ class ScoreConfig:
     resume: bool = False  # continue an interrupted directory job from its last committed part
     rows_per_part: int = 1_000_000
     allow_pickle: bool = False  # PyTorch backend on a pytorch_model.bin checkpoint
+    rejects: str | None = None  # rejected rows' file for file and stdout outputs (default: OUT.rejects.csv)
 
     @property
     def text_columns(self) -> list[str]:
