@@ -237,3 +237,23 @@ def test_bom_before_the_header_still_finds_the_text_column(tmp_path, model):
     out = tmp_path / "o.parquet"
     cli("score", model, src, "-o", out).assert_ok()
     assert pq.read_table(out).column_names[:2] == ["id", "text"]
+
+
+def test_an_empty_file_late_in_a_directory_fails_before_the_first_row_is_scored(tmp_path, model):
+    """Class 4: the zero-row file was found after the files before it had been scored."""
+    from bertbatch import score_file
+    from bertbatch.errors import InputError
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        pq.write_table(texts_table(200, f"{i}-"), src / f"a{i}.parquet")
+    pq.write_table(texts_table(0).cast(texts_table(1).schema), src / "z.parquet")
+    scored = []
+    try:
+        score_file(src, tmp_path / "out", model, progress=lambda done, total: scored.append(done))
+    except InputError as exc:
+        assert "z.parquet has no data rows" in str(exc) and "--on-bad-rows reject" in str(exc)
+    else:
+        raise AssertionError("a zero-row file in error mode must be refused")
+    assert scored == []
