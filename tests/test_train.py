@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from click.testing import CliRunner
 from pyarrow import csv
 
 from bertbatch import fine_tune
+from bertbatch.cli import cli
 from bertbatch.errors import InputError
 from conftest import make_texts, write_parquet
 
@@ -147,3 +149,17 @@ def test_pickle_base_model_is_refused(tmp_path, tiny_base, sentiment_csv):
     (base / "model.safetensors").rename(base / "pytorch_model.bin")
     with pytest.raises(ModelError, match="--allow-pickle"):
         fine_tune(sentiment_csv, tmp_path / "out", base_model=str(base), quiet=True)
+
+
+def test_train_console_is_one_table_row_per_epoch_and_q_silences_it(tmp_path, tiny_base, sentiment_csv):
+    args = ["train", str(sentiment_csv), "--base-model", tiny_base, "--epochs", "2", "--lr", "3e-3",
+            "--early-stopping-patience", "5"]
+    shown = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "a")])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["epoch", "train_loss", "val_loss"])
+    assert [line.split()[0] for line in lines[header + 1:header + 3]] == ["1", "2"]
+    assert "{'loss'" not in shown.output and "it/s" not in shown.output and "{'eval_loss'" not in shown.output
+    quiet = CliRunner().invoke(cli, ["-q", *args, "-o", str(tmp_path / "b")])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.output == ""
