@@ -94,7 +94,7 @@ def test_bench_torch_baseline_without_onnx(tiny_model):
         (["--batch-sizes", "1,x"], 2, "expected comma-separated integers"),
         (["--batch-sizes", "0"], 1, "--batch-sizes must be positive integers"),
         (["--runs", "0"], 1, "--runs must be at least 1"),
-        (["--graph", "int4"], 1, "--graph must be fp32, int8"),
+        (["--graph", "int4"], 3, "--graph must be fp32, int8"),  # ModelError: exit 3 (README, "Exit codes")
     ],
 )
 def test_bench_cli_errors(tiny_exported, args, code, message):
@@ -105,6 +105,6 @@ def test_bench_cli_errors(tiny_exported, args, code, message):
 
 def test_bench_without_graphs_says_to_export(tiny_model):
     result = CliRunner().invoke(cli, ["bench", str(tiny_model)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # a model problem (README, "Exit codes")
     assert "Run `bertbatch export" in result.output
     assert "--graph torch" in result.output
