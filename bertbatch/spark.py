@@ -313,10 +313,14 @@ def _probe_executor(partition, shipped: str | None, path: str, relative: list[st
         pass
     fact = {"host": socket.gethostname(), "python": sys.executable, "version": platform.python_version(),
             "pid": os.getpid(), "import_error": None, "hashes": {}, "root": path}
-    try:
-        import bertbatch  # noqa: F401
-    except Exception as exc:  # ImportError, or a native library that fails to load
-        fact["import_error"] = f"{type(exc).__name__}: {exc}"
+    import importlib
+
+    for module in ("bertbatch.score", "onnxruntime"):  # what scoring imports (numpy, pyarrow, tokenizers with it)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # ImportError, or a native library that fails to load
+            fact["import_error"] = f"{type(exc).__name__}: {exc}"
+            break
     if shipped:
         from pyspark import SparkFiles
 

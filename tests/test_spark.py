@@ -7,6 +7,7 @@ import os
 import shutil
 import sys
 import zipfile
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -235,3 +236,26 @@ def test_task_provider_takes_cuda_only_with_a_gpu_resource(monkeypatch):
     assert bspark.task_provider("auto", _Task({"gpu": _Gpu("0")})) == (CPU, None)
     assert bspark.task_cpus(_Task(cpus=4)) == 4
     assert bspark.task_cpus(None) == 1
+
+
+def test_workers_without_bertbatch_fail_once_with_the_python_named(tiny_exported, table_path, tmp_path):
+    """The CLI's --spark-conf spark.pyspark.python points the workers at a bare venv: one line, no Java stack."""
+    import subprocess
+
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    python = bare / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k != "PYSPARK_PYTHON"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(bspark.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-m", "bertbatch", "score", str(tiny_exported), str(table_path), "-o",
+                          str(tmp_path / "out"), "--engine", "spark", "--master", "local[1]",
+                          "--spark-conf", f"spark.pyspark.python={python}", "--spark-conf", "spark.ui.enabled=false"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: Spark's Python workers on ")
+    assert f"run {python} (Python" in last and "cannot import bertbatch" in last
+    assert "spark.pyspark.python" in last  # says how to point the workers at a Python that has it
+    assert "Py4J" not in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()
