@@ -1,16 +1,16 @@
 """What does Spark cost over `bertbatch score` on one machine, for the same rows and the same cores?
 
 Scores the SMS Spam texts (repeated to --rows) with a model directory (default models/sms-spam, made by
-`make demo`) three ways, on the same W cores, in one run:
+`make demo`) two ways, on the same W cores, in one run:
   local       bertbatch.score_file with --threads W (the baseline)
-  local[W]    bertbatch.spark.score_files on a local-mode session: W Python workers, one intra-op thread each
   standalone  bertbatch.spark.score_files on a real standalone cluster started here (tests/cluster.py): a master
-              and W workers with 1 core and 1g each on 127.0.0.1; the model is shipped as a zip (the default)
-All are timed end to end as the CLI runs them (read, score, write Parquet, count the output). Session start and
-the workers' model load happen in an untimed warm-up, as on a long-lived cluster. Median of --runs runs each.
-After the standalone runs, the memory of each executor's JVM and Python workers is read (psutil), to size
-spark.executor.pyspark.memory / memoryOverhead. Prints Markdown tables, appends a JSON line to
-benchmarks/results/spark.jsonl.
+              and W workers with 1 core and 1g each on 127.0.0.1; the model shipped as a zip (the default)
+Runs alternate (local, standalone, local, ...) so that a shared machine's load falls on both alike; each is timed
+end to end as the CLI runs it (read, score, write Parquet, count the output). The session start and the
+workers' model load happen in an untimed warm-up, as on a long-lived cluster. Median of --runs runs each.
+After the runs, each executor JVM's RSS and each Python worker's RSS, USS and peak RSS (VmHWM) are read, to size
+spark.executor.pyspark.memory / memoryOverhead. Prints a Markdown table, appends a JSON line to
+benchmarks/results/spark.jsonl. (The earlier local[2] comparison is in the same file.)
 
     .venv/bin/python benchmarks/bench_spark.py [MODEL_DIR] [--rows 20000] [--workers 2] [--runs 3]
 """
@@ -48,6 +48,15 @@ def session(master: str, scratch: Path):
     return session
 
 
+def isa_flags() -> list[str]:
+    """The SIMD flags ONNX Runtime's kernels care about, as /proc/cpuinfo lists them (Linux)."""
+    try:
+        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return [f for f in ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
+
+
 def labels_by_id(path: Path) -> dict:
     table = pq.read_table(path, columns=["id", "label"])
     return dict(zip(table["id"].to_pylist(), table["label"].to_pylist()))
@@ -66,28 +75,33 @@ def worker_memory() -> dict:
             elif "pyspark.daemon" in cmdline:
                 for child in proc.children():  # forked Python workers
                     info = child.memory_full_info()
-                    workers.append({"rss_mb": round(info.rss / 2**20), "uss_mb": round(info.uss / 2**20)})
+                    workers.append({"rss_mb": round(info.rss / 2**20), "uss_mb": round(info.uss / 2**20),
+                                    "peak_rss_mb": peak_rss_mb(child.pid)})
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
     return {"executor_jvm_rss_mb": jvms, "python_workers": workers}
 
 
-def spark_runs(master: str, data: Path, warm: Path, tmp: Path, args, options: dict, name: str) -> tuple:
-    """(median seconds, summary, seconds to start the session, memory) of score_files on `master`."""
-    from bertbatch.spark import score_files
+def peak_rss_mb(pid: int) -> int | None:
+    """VmHWM of a process: its resident high-water mark, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return None
 
-    started = time.perf_counter()
-    spark = session(master, tmp)
-    start_s = time.perf_counter() - started
-    try:
-        score_files([warm], tmp / f"{name}_warm", args.model, **options)  # ships the model, workers load it
-        seconds, _ = common.median_seconds(lambda: score_files([data], tmp / name, args.model, **options), args.runs,
-                                           warmup=0)
-        summary = score_files([data], tmp / name, args.model, **options)
-        memory = worker_memory() if master.startswith("spark://") else None
-    finally:
-        spark.stop()
-    return seconds, summary, start_s, memory
+
+def alternate(fns: dict, runs: int) -> dict:
+    """{name: median seconds}, calling each fn once per round, round after round (after one untimed round)."""
+    import statistics
+
+    times = {name: [] for name in fns}
+    for round_ in range(runs + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -104,6 +118,7 @@ def main() -> None:
     from cluster import StandaloneCluster
 
     from bertbatch import score_file
+    from bertbatch.spark import score_files
 
     os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"  # the driver, before its JVM starts: everything on loopback
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # sessions built here: workers run this Python
@@ -117,49 +132,53 @@ def main() -> None:
                                                                              "tokenizers"))
         java = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False).stderr.splitlines()
         ctx["java"] = java[0] if java else None
+        ctx["isa"] = isa_flags()
 
-        local_s, _ = common.median_seconds(
-            lambda: score_file(data, tmp / "local.parquet", args.model, threads=args.workers, **options), args.runs)
+        env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        with StandaloneCluster(tmp / "cluster", workers=args.workers, env=env) as cluster:
+            started = time.perf_counter()
+            spark = session(cluster.url, tmp)
+            start_s = time.perf_counter() - started
+            try:
+                score_files([warm], tmp / "warm_out", args.model, **options)  # ships the model, workers load it
+                medians = alternate({
+                    "local": lambda: score_file(data, tmp / "local.parquet", args.model, threads=args.workers,
+                                                **options),
+                    "standalone": lambda: score_files([data], tmp / "standalone", args.model, **options),
+                }, args.runs)
+                summary = score_files([data], tmp / "standalone", args.model, **options)
+                memory = worker_memory()
+            finally:
+                spark.stop()
         local = score_file(data, tmp / "local.parquet", args.model, threads=args.workers, **options)
-
-        runs = [{"engine": "local", "cores": f"{args.workers} ORT threads", "seconds": round(local_s, 3),
-                 "rows_per_s": round(args.rows / local_s, 1), "provider": local["provider"], "graph": local["graph"]}]
-        local_labels = labels_by_id(tmp / "local.parquet")
-        memory = None
-        for name in ("local-mode", "standalone"):
-            if name == "standalone":
-                env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-                with StandaloneCluster(tmp / "cluster", workers=args.workers, env=env) as cluster:
-                    seconds, summary, start_s, memory = spark_runs(cluster.url, data, warm, tmp, args, options, name)
-            else:
-                seconds, summary, start_s, _ = spark_runs(f"local[{args.workers}]", data, warm, tmp, args, options,
-                                                          name)
-            labels = labels_by_id(tmp / name)
-            assert len(labels) == len(local_labels) == args.rows, "row counts differ"
-            runs.append({
-                "engine": f"spark {name}", "master": summary["master"],
-                "cores": f"{args.workers} workers x 1 thread", "seconds": round(seconds, 3),
-                "rows_per_s": round(args.rows / seconds, 1), "x_local_time": round(seconds / local_s, 3),
-                "partitions": summary["partitions"], "model_shipped": summary["model_shipped"],
-                "providers": summary["providers"], "session_start_s": round(start_s, 2),
-                "label_agreement_with_local": common.agreement([labels[k] for k in local_labels],
-                                                               list(local_labels.values())),
-            })
+        local_labels, labels = labels_by_id(tmp / "local.parquet"), labels_by_id(tmp / "standalone")
+        assert len(labels) == len(local_labels) == args.rows, "row counts differ"
+        local_s, spark_s = medians["local"], medians["standalone"]
+        runs = [
+            {"engine": "local", "cores": f"{args.workers} ORT threads", "seconds": round(local_s, 3),
+             "rows_per_s": round(args.rows / local_s, 1), "provider": local["provider"], "graph": local["graph"]},
+            {"engine": "spark standalone", "master": summary["master"], "cores": f"{args.workers} workers x 1 thread",
+             "seconds": round(spark_s, 3), "rows_per_s": round(args.rows / spark_s, 1),
+             "x_local_time": round(spark_s / local_s, 3), "partitions": summary["partitions"],
+             "model_shipped": summary["model_shipped"], "providers": summary["providers"],
+             "session_start_s": round(start_s, 2),
+             "label_agreement_with_local": common.agreement([labels[k] for k in local_labels],
+                                                            list(local_labels.values()))},
+        ]
 
     record = {"benchmark": "bench_spark", "time": common.now(), "model": args.model, "rows": args.rows,
               "workers": args.workers, "runs_each": args.runs, **ctx, "runs": runs, "standalone_memory": memory,
               "note": "machine shared with other jobs; ratios are from one run"}
     common.append_jsonl("spark", record)
 
-    print(f"{common.context_line(ctx)}; {ctx['java']}; {args.rows:,} rows, median of {args.runs} (machine shared)\n")
+    print(f"{common.context_line(ctx)}; {' '.join(ctx['isa'])}; {ctx['java']}; {args.rows:,} rows, median of {args.runs} (machine shared)\n")
     print(common.markdown_table(
         ["engine", "cores", "seconds", "rows/s", "time × local", "session start s", "labels = local"],
         [[r["engine"], r["cores"], r["seconds"], common.num(r["rows_per_s"]), r.get("x_local_time", 1.0),
-          r.get("session_start_s", "-"), f"{r['label_agreement_with_local']:.2%}" if "engine" in r and
-          r["engine"] != "local" else "-"] for r in runs]))
-    if memory:
-        print(f"\nStandalone, idle after scoring: executor JVM RSS {memory['executor_jvm_rss_mb']} MB; Python workers "
-              + ", ".join(f"RSS {w['rss_mb']} / USS {w['uss_mb']} MB" for w in memory["python_workers"]))
+          r.get("session_start_s", "-"), f"{r.get('label_agreement_with_local', 1):.2%}"] for r in runs]))
+    print(f"\nStandalone, after scoring: executor JVM RSS {memory['executor_jvm_rss_mb']} MB; Python workers "
+          + ", ".join(f"RSS {w['rss_mb']} / USS {w['uss_mb']} / peak RSS {w['peak_rss_mb']} MB"
+                      for w in memory["python_workers"]))
 
 
 if __name__ == "__main__":

@@ -337,7 +337,7 @@ def _probe_executor(partition, shipped: str | None, path: str, relative: list[st
         digest = hashlib.sha256()
         try:
             with open(os.path.join(fact["root"], rel), "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):  # noqa: B023
+                for block in iter(lambda: fh.read(1 << 20), b""):
                     digest.update(block)
             fact["hashes"][rel] = digest.hexdigest()
         except OSError:

@@ -250,7 +250,7 @@ def test_workers_without_bertbatch_fail_once_with_the_python_named(tiny_exported
     run = subprocess.run([sys.executable, "-m", "bertbatch", "score", str(tiny_exported), str(table_path), "-o",
                           str(tmp_path / "out"), "--engine", "spark", "--master", "local[1]",
                           "--spark-conf", f"spark.pyspark.python={python}", "--spark-conf", "spark.ui.enabled=false"],
-                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False)
 
     assert run.returncode == 1
     last = run.stderr.strip().splitlines()[-1]

@@ -76,7 +76,7 @@ def test_cli_default_options_score_every_row_once_on_a_standalone_cluster(cluste
                                                                          tmp_path):
     out = tmp_path / "scored"
     run = subprocess.run(_cli([tiny_exported, rows_path, "-o", out, "--engine", "spark", "--master", cluster.url]),
-                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300)
+                         capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300, check=False)
 
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads(run.stdout.strip().splitlines()[-1])
@@ -132,7 +132,7 @@ def api_run(cluster, tiny_exported, rows_path, tmp_path_factory):
     out = tmp / "scored"
     run = subprocess.run([sys.executable, str(script), cluster.url, str(tiny_exported), str(rows_path), str(out),
                           str(cluster.work_dir(0))], capture_output=True, text=True, cwd=tmp, timeout=300,
-                         env=_env(PYSPARK_PYTHON=sys.executable))  # a session the user builds: their Python
+                         env=_env(PYSPARK_PYTHON=sys.executable), check=False)  # a session the user builds: their Python
     assert run.returncode == 0, run.stderr[-3000:]
     return out, json.loads(run.stdout.strip().splitlines()[-1]), run.stderr
 
@@ -147,7 +147,7 @@ def test_python_api_labels_equal_a_local_fp32_run_on_a_standalone_cluster(api_ru
 
 
 def test_model_changed_on_an_executor_is_one_error_on_the_driver_not_retried(api_run):
-    _, result, stderr = api_run
+    _, result, _ = api_run
     assert result["changed"], "the executor of worker0 unpacked no model copy"
     message = result["error"]
     assert "\n" not in message
@@ -158,7 +158,7 @@ def test_model_changed_on_an_executor_is_one_error_on_the_driver_not_retried(api
 
 
 def test_worker_killed_mid_job_every_row_still_written_once(cluster, tiny_exported, tmp_path):
-    rows = 60_000  # long enough that both executors are scoring when one is killed
+    rows = 40_000  # long enough that both executors are scoring when one is killed
     texts, _ = make_texts(rows, seed=5)
     src = tmp_path / "big.parquet"
     pq.write_table(pa.table({"id": [f"{i:06d}" for i in range(rows)], "text": texts}), src)
