@@ -312,6 +312,7 @@ def _probe_executor(partition, shipped: str | None, path: str, relative: list[st
     Shipped by value (see _by_value), so it runs even where bertbatch cannot be imported, and it never raises.
     """
     import hashlib
+    import importlib
     import os
     import platform
     import socket
@@ -321,8 +322,6 @@ def _probe_executor(partition, shipped: str | None, path: str, relative: list[st
         pass
     fact = {"host": socket.gethostname(), "python": sys.executable, "version": platform.python_version(),
             "pid": os.getpid(), "import_error": None, "hashes": {}, "root": path}
-    import importlib
-
     for module in ("bertbatch.score", "onnxruntime"):  # what scoring imports (numpy, pyarrow, tokenizers with it)
         try:
             importlib.import_module(module)
