@@ -256,9 +256,9 @@ def _score(df, model_dir, config: ScoreConfig, ship_model: bool | None, tally: b
     hashes = _hash_files(model.path, [*GRAPH_HASHED, *_candidate_graphs(model, config)])
     shipped = _ship(spark, model, hashes) if ship else None
     job = _Job(ModelShipment(str(model.path), shipped, hashes), config, tuple(keep))
-    facts = check_executors_can_score(spark, job.model) if check_executors else []
     kept = pa.schema([pa.field(name, pa.null()) for name in keep])  # names only: Spark keeps its own types
     results = pa.schema(list(output_schema(kept, model.labels, model.multi_label, config))[len(keep):])
+    facts = check_executors_can_score(spark, job.model) if check_executors else []
     schema = _spark_schema(df.schema, keep, results)
     accumulator = spark.sparkContext.accumulator({}, _Tally()) if tally else None
     selected = df.select(*[_column(c) for c in config.read_columns(keep)])
