@@ -26,6 +26,7 @@ from bertbatch import spark as bspark
 from bertbatch.cli import cli
 from bertbatch.errors import InputError, MissingDependency, ModelError
 from bertbatch.runtime import CPU, CUDA
+from bertbatch.summary import KEYS
 
 ODD_TEXTS = [None, "", "   ", "NA", 'a "quoted"\nnew line', "ünïcödé ✓ 表 great"]
 
@@ -156,6 +157,8 @@ def test_cli_engine_spark_writes_parquet_like_the_local_engine(spark_session, ti
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["engine"] == "spark"
+    assert list(summary)[:len(KEYS)] == list(KEYS)  # the local engine's summary shape, then Spark's own keys
+    assert summary["provider"] == CPU and summary["graph"] == "fp32" and summary["threads"] == 1
     assert summary["rows_in"] == summary["rows_written"] == len(texts) + 1
     assert summary["rows_with_error"] == 2
     assert summary["providers"] == {"CPUExecutionProvider fp32 threads=1": len(texts) + 1}
