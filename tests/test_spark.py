@@ -23,6 +23,7 @@ from conftest import make_texts
 
 from bertbatch import ScoreConfig, score_file
 from bertbatch import spark as bspark
+from bertbatch.errors import EXIT_MODEL
 from bertbatch.cli import cli
 from bertbatch.errors import InputError, MissingDependency, ModelError
 from bertbatch.runtime import CPU, CUDA
@@ -255,7 +256,7 @@ def test_workers_without_bertbatch_fail_once_with_the_python_named(tiny_exported
                           "--spark-conf", f"spark.pyspark.python={python}", "--spark-conf", "spark.ui.enabled=false"],
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False)
 
-    assert run.returncode == 1
+    assert run.returncode == EXIT_MODEL  # a deployment that cannot score: the model/runtime class of errors
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("Error: Spark's Python workers on ")
     assert f"run {python} (Python" in last and "cannot import bertbatch" in last
