@@ -107,6 +107,8 @@ class ScoreConfig:
     resume: bool = False  # continue an interrupted directory job from its last committed part
     rows_per_part: int = 1_000_000
     allow_pickle: bool = False  # PyTorch backend on a pytorch_model.bin checkpoint
+    # Where model directories given as store URIs are copied (once, hash-checked); None = ~/.cache/bertbatch/models.
+    model_cache: str | None = None
 
     @property
     def text_columns(self) -> list[str]:
