@@ -18,7 +18,7 @@ import numpy as np
 
 from .batching import GPU_BUCKETS, pad, plan_batches
 from .errors import InputError, ModelError, require
-from .io import read_whole_table
+from .source import read_whole_table
 from .manifest import versions
 from .modeldir import GRAPH_FILES, ModelDir
 from .runtime import CUDA, OrtRunner, TorchRunner, available_cpus, resolve_provider

@@ -30,16 +30,17 @@ import pyarrow as pa
 
 from .config import ScoreConfig
 from .errors import InputError, ModelError, require
-from .io import csv_delimiter, expand_inputs, file_format, output_format
 from .manifest import sha256_file
 from .modeldir import ModelDir
-from .pipeline import check_inputs
 from .runtime import CPU, CUDA, available_providers, resolve_provider
 from .score import Scorer, output_schema
+from .sink import output_format, refuse_existing, refuse_input_overlap
+from .source import check_inputs, csv_delimiter, expand_inputs, file_format
+from .summary import make_summary
 
 log = logging.getLogger(__name__)
 
-# Spark's CSV reader set up like bertbatch.io's: header row, every column a string as written (no inference,
+# Spark's CSV reader set up like bertbatch.source's: header row, every column a string as written (no inference,
 # no null markers), RFC 4180 quotes ("" inside quotes), quoted newlines, and a bad row fails the job.
 # An empty unquoted field still comes back null from Spark whatever nullValue says: _read turns it into "".
 CSV_OPTIONS = {
@@ -104,20 +105,23 @@ def score_files(inputs, output: str | Path, model_dir: str | Path, config: Score
             spark.stop()
     seconds = time.time() - started
     job_seconds = seconds - session_seconds
-    return {
-        "rows_in": counts["rows_in"],
-        "rows_scored": counts["rows_written"] - counts["errors"],
-        "rows_with_error": counts["errors"],
-        "rows_written": counts["rows_written"],
-        "seconds": round(seconds, 3),
-        "session_seconds": round(session_seconds, 3),  # starting Spark (0 with an active session)
-        "rows_per_s": round(counts["rows_written"] / job_seconds, 1) if job_seconds else None,  # after the start
-        "output": str(output),
-        "engine": "spark",
-        "master": counts["master"],
-        "partitions": counts["partitions"],
-        "providers": counts["providers"],  # "<provider> <graph> threads=<n>" -> rows, as run on the executors
-    }
+    return make_summary(
+        engine="spark",
+        rows_in=counts["rows_in"],
+        rows_written=counts["rows_written"],
+        rows_scored=counts["rows_written"] - counts["errors"],
+        rows_with_error=counts["errors"],
+        rows_rejected=0,  # Spark reads CSV in FAILFAST mode: a bad row fails the job
+        rows_this_run=counts["rows_written"],
+        resumed=False,
+        seconds=round(seconds, 3),
+        session_seconds=round(session_seconds, 3),  # starting Spark (0 with an active session)
+        rows_per_s=round(counts["rows_written"] / job_seconds, 1) if job_seconds else None,  # after the start
+        output=str(output),
+        master=counts["master"],
+        partitions=counts["partitions"],
+        providers=counts["providers"],  # "<provider> <graph> threads=<n>" -> rows, as run on the executors
+    )
 
 
 def _write_scored(spark, files, output: str, model_dir, config: ScoreConfig, ship_model, partitions) -> dict:
@@ -390,12 +394,9 @@ def _check_output(output, files: list[Path], overwrite: bool) -> None:
     text = str(output)
     if "://" in text and not text.startswith("file:"):
         return  # a remote file system: Spark's errorifexists mode decides
-    path = Path(text.removeprefix("file://").removeprefix("file:")).resolve()
-    for file in files:
-        if path == file.resolve() or path in file.resolve().parents:
-            raise InputError(f"Output {output} would overwrite the input {file}; choose another -o path.")
-    if path.exists() and not overwrite:
-        raise InputError(f"Output {output} exists. Pass --overwrite to replace it.")
+    path = Path(text.removeprefix("file://").removeprefix("file:"))
+    refuse_input_overlap(path, files, directory=True)
+    refuse_existing(path, overwrite)
 
 
 def _translate(exc: Exception, output) -> Exception:

@@ -201,7 +201,7 @@ def test_pickle_checkpoint_is_refused_for_scoring(tmp_path, tiny_model):
 
 
 def test_output_cannot_escape_through_symlink_or_dotdot(tmp_path, tiny_exported):
-    from bertbatch.output import OutputLayout
+    from bertbatch.sink import OutputLayout
 
     src = _multi_part_input(tmp_path, files=1, rows=10)
     out = tmp_path / "out"

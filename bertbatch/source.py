@@ -1,4 +1,5 @@
-"""Tables in and out: input discovery, streaming record-batch readers, atomic writers.
+"""Where rows come from: input discovery, streaming record-batch readers, rejects, and the input checks done
+before the first row is scored.
 
 CSV columns are read as strings, exactly as written (no type inference, no null markers), so an ID like
 `00123`, a 64-bit integer, or the text `NA` pass through untouched. Parquet keeps its own types.
@@ -7,14 +8,13 @@ CSV columns are read as strings, exactly as written (no type inference, no null 
 from __future__ import annotations
 
 import glob as globlib
-import json
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import csv
 
+from .config import ScoreConfig
 from .errors import InputError
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
@@ -130,16 +130,6 @@ class Rejects:
         return len(self.rows)
 
 
-def write_csv_atomic(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    csv.write_csv(table, tmp)
-    os.replace(tmp, path)
-
-
-REJECT_SCHEMA = pa.schema([("file", pa.string()), ("where", pa.string()), ("reason", pa.string()), ("raw", pa.string())])
-
-
 def input_schema(path: Path) -> pa.Schema:
     """Schema of one input file without reading its rows (CSV: every column a string)."""
     if file_format(path) == "parquet":
@@ -231,119 +221,36 @@ def _decode_utf8(path, block: pa.RecordBatch, offset: int, rejects: Rejects | No
     return _decode_utf8(path, block.filter(keep), offset, None)
 
 
-# ----------------------------------------------------------------------------------------------- atomic sinks
-class Sink:
-    """Writes record batches to a temp file beside `path` and renames it into place on commit.
-
-    With `stream` (`-o -`) it writes there instead: no temp file, nothing to rename."""
-
-    def __init__(self, path: Path, schema: pa.Schema, stream=None):
-        self.path = Path(path)
-        self.stream = stream
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
-        if stream is None:
-            self.tmp.unlink(missing_ok=True)  # a leftover of a killed run (or a planted link) is never written through
-        self.schema = schema
-        self.rows = 0
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        raise NotImplementedError
-
-    def _close(self) -> None:
-        raise NotImplementedError
-
-    def commit(self) -> None:
-        self._close()
-        if self.stream is not None:
-            return
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.path)
-
-    def abort(self) -> None:
-        try:
-            self._close()
-        finally:
-            if self.stream is None:
-                self.tmp.unlink(missing_ok=True)
+# ------------------------------------------------------------------------------------------------ input checks
+def check_inputs(files: list[Path], config: ScoreConfig) -> tuple[list[str], pa.Schema]:
+    """Check every input file before any output: text column present and textual, same kept schema."""
+    reference = None
+    needed = config.text_columns
+    for path in files:
+        schema = input_schema(path)
+        for column in needed:
+            if column not in schema.names:
+                raise InputError(f"Column '{column}' not found in {path}; columns are {schema.names}. Use --text-column NAME.")
+            kind = schema.field(column).type
+            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+                raise InputError(f"Column '{column}' in {path} has type {kind}; text must be strings.")
+        keep = list(config.keep) if config.keep is not None else schema.names
+        missing = [c for c in keep if c not in schema.names]
+        if missing:
+            raise InputError(f"--keep columns {missing} not found in {path}; columns are {schema.names}.")
+        kept = pa.schema([schema.field(c) for c in keep])
+        if reference is None:
+            reference = (path, kept)
+        elif not kept.equals(reference[1]):
+            raise InputError(
+                f"Input files have different schemas: {reference[0]} has {reference[1].names} "
+                f"({[str(t) for t in reference[1].types]}), {path} has {kept.names} ({[str(t) for t in kept.types]})."
+            )
+    return list(reference[1].names), reference[1]
 
 
-class ParquetSink(Sink):
-    def __init__(self, path, schema):
-        super().__init__(path, schema)
-        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
-
-    def write(self, batch):
-        self.writer.write_batch(batch)
-        self.rows += batch.num_rows
-
-    def _close(self):
-        self.writer.close()
-
-
-def _text_schema(schema: pa.Schema) -> pa.Schema:
-    nested = lambda t: pa.types.is_list(t) or pa.types.is_struct(t)  # noqa: E731
-    return pa.schema([pa.field(f.name, pa.string() if nested(f.type) else f.type) for f in schema])
-
-
-def _flatten_for_text(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """CSV/JSON text cannot hold lists or structs: such columns become JSON strings."""
-    arrays = []
-    for column in batch.columns:
-        if pa.types.is_list(column.type) or pa.types.is_struct(column.type):
-            column = pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
-        arrays.append(column)
-    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
-
-
-class CsvSink(Sink):
-    def __init__(self, path, schema, stream=None):
-        super().__init__(path, schema, stream)
-        self.writer = None
-
-    def _open(self, schema: pa.Schema) -> None:
-        self.writer = csv.CSVWriter(self.stream if self.stream is not None else str(self.tmp), schema)
-
-    def write(self, batch):
-        batch = _flatten_for_text(batch)
-        if self.writer is None:
-            self._open(batch.schema)
-        self.writer.write_batch(batch)
-        self.rows += batch.num_rows
-
-    def _close(self):
-        if self.writer is None:  # no rows: still write the header
-            self._open(_text_schema(self.schema))
-        self.writer.close()
-
-
-class JsonlSink(Sink):
-    def __init__(self, path, schema, stream=None):
-        super().__init__(path, schema, stream)
-        self.fh = stream or open(self.tmp, "w", encoding="utf-8")
-
-    def write(self, batch):
-        for row in batch.to_pylist():
-            self.fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        self.rows += batch.num_rows
-
-    def _close(self):
-        if self.stream is None:
-            self.fh.close()
-        else:
-            self.fh.flush()
-
-
-SINKS = {"parquet": ParquetSink, "csv": CsvSink, "jsonl": JsonlSink}
-OUTPUT_SUFFIX = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
-
-
-def output_format(path: str, explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    name = str(path).lower()
-    if name.endswith((".csv", ".csv.gz")):
-        return "csv"
-    if name.endswith((".jsonl", ".ndjson")):
-        return "jsonl"
-    return "parquet"
+def total_rows(files: list[Path]) -> int | None:
+    """Row count from Parquet metadata (an independent check of conservation); None for CSV."""
+    if all(str(f).lower().endswith((".parquet", ".pq")) for f in files):
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return None

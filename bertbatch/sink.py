@@ -1,0 +1,337 @@
+"""Where scored rows go: atomic record-batch writers (Parquet/CSV/JSONL, stdout), the output layout (one file,
+a directory of part files, or stdout), and the writer that commits parts and records them in the job manifest
+(`_manifest.json`, then `_SUCCESS` last).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import csv
+
+from .errors import InputError
+from .job import Job
+from .score import Result, Scorer, output_schema
+
+def write_csv_atomic(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    csv.write_csv(table, tmp)
+    os.replace(tmp, path)
+
+
+REJECT_SCHEMA = pa.schema([("file", pa.string()), ("where", pa.string()), ("reason", pa.string()), ("raw", pa.string())])
+
+
+
+# ----------------------------------------------------------------------------------------------- atomic sinks
+class Sink:
+    """Writes record batches to a temp file beside `path` and renames it into place on commit.
+
+    With `stream` (`-o -`) it writes there instead: no temp file, nothing to rename."""
+
+    def __init__(self, path: Path, schema: pa.Schema, stream=None):
+        self.path = Path(path)
+        self.stream = stream
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        if stream is None:
+            self.tmp.unlink(missing_ok=True)  # a leftover of a killed run (or a planted link) is never written through
+        self.schema = schema
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        self._close()
+        if self.stream is not None:
+            return
+        with open(self.tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(self.tmp, self.path)
+
+    def abort(self) -> None:
+        try:
+            self._close()
+        finally:
+            if self.stream is None:
+                self.tmp.unlink(missing_ok=True)
+
+
+class ParquetSink(Sink):
+    def __init__(self, path, schema):
+        super().__init__(path, schema)
+        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+
+    def write(self, batch):
+        self.writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def _close(self):
+        self.writer.close()
+
+
+def _text_schema(schema: pa.Schema) -> pa.Schema:
+    nested = lambda t: pa.types.is_list(t) or pa.types.is_struct(t)  # noqa: E731
+    return pa.schema([pa.field(f.name, pa.string() if nested(f.type) else f.type) for f in schema])
+
+
+def _flatten_for_text(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """CSV/JSON text cannot hold lists or structs: such columns become JSON strings."""
+    arrays = []
+    for column in batch.columns:
+        if pa.types.is_list(column.type) or pa.types.is_struct(column.type):
+            column = pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
+        arrays.append(column)
+    return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
+
+
+class CsvSink(Sink):
+    def __init__(self, path, schema, stream=None):
+        super().__init__(path, schema, stream)
+        self.writer = None
+
+    def _open(self, schema: pa.Schema) -> None:
+        self.writer = csv.CSVWriter(self.stream if self.stream is not None else str(self.tmp), schema)
+
+    def write(self, batch):
+        batch = _flatten_for_text(batch)
+        if self.writer is None:
+            self._open(batch.schema)
+        self.writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def _close(self):
+        if self.writer is None:  # no rows: still write the header
+            self._open(_text_schema(self.schema))
+        self.writer.close()
+
+
+class JsonlSink(Sink):
+    def __init__(self, path, schema, stream=None):
+        super().__init__(path, schema, stream)
+        self.fh = stream or open(self.tmp, "w", encoding="utf-8")
+
+    def write(self, batch):
+        for row in batch.to_pylist():
+            self.fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        self.rows += batch.num_rows
+
+    def _close(self):
+        if self.stream is None:
+            self.fh.close()
+        else:
+            self.fh.flush()
+
+
+SINKS = {"parquet": ParquetSink, "csv": CsvSink, "jsonl": JsonlSink}
+OUTPUT_SUFFIX = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
+
+
+def output_format(path: str, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    name = str(path).lower()
+    if name.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if name.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    return "parquet"
+
+
+# ---------------------------------------------------------------------------------------------- output layout
+def refuse_input_overlap(output: Path, inputs: list[Path], directory: bool) -> None:
+    """An output that is, contains, or (as a directory of parts) sits beside an input would destroy it."""
+    out = Path(output).resolve()
+    for path in inputs:
+        src = Path(path).resolve()
+        if src == out or out in src.parents or (directory and src.parent == out):
+            raise InputError(f"Output {output} would overwrite the input {path}; choose another -o path.")
+
+
+def refuse_existing(output: Path, overwrite: bool) -> None:
+    if Path(output).exists() and not overwrite:
+        raise InputError(f"Output {output} exists. Pass --overwrite to replace it.")
+
+
+OURS = ("part-", "_SUCCESS", "_rejects.csv", "_manifest.json", ".part-", "._manifest.json")
+
+
+class OutputLayout:
+    """Decides file vs directory, refuses clobbering, output == input and escaping paths; names parts."""
+
+    def __init__(self, output: str, fmt: str, inputs: list[Path], input_is_dir: bool, overwrite: bool,
+                 resume: bool = False):
+        self.stdout = output == "-"
+        self.output = Path(output)
+        self.format = fmt
+        self.directory = not self.stdout and (input_is_dir or self.output.is_dir() or self.output.suffix == "")
+        if resume and not self.directory:
+            raise InputError("--resume needs a directory output (an -o path without a file suffix).")
+        if not self.stdout:
+            refuse_input_overlap(self.output, inputs, self.directory)
+            self._prepare(overwrite, resume)
+
+    def _prepare(self, overwrite: bool, resume: bool) -> None:
+        if self.directory:
+            existing = list(self.output.iterdir()) if self.output.is_dir() else []
+            if existing and not (overwrite or resume):
+                raise InputError(
+                    f"Output directory {self.output} is not empty. Pass --resume to continue an interrupted job, "
+                    "or --overwrite to replace it."
+                )
+            if overwrite and not resume:
+                self.remove_outputs()
+            self.output.mkdir(parents=True, exist_ok=True)
+        else:
+            refuse_existing(self.output, overwrite)
+            self.output.parent.mkdir(parents=True, exist_ok=True)
+
+    def _child(self, name: str) -> Path:
+        """A file directly inside the output root: never through '..' or a symlink placed there."""
+        if "/" in name or name in ("", ".", ".."):
+            raise InputError(f"Refusing to write {name!r}: it escapes the output directory {self.output}.")
+        path = self.output / name
+        for candidate in (path, path.with_name(f".{name}.tmp")):
+            if candidate.is_symlink():
+                raise InputError(f"Refusing to write through the symlink {candidate} in the output directory.")
+        if path.resolve().parent != self.output.resolve():
+            raise InputError(f"Refusing to write {name!r}: it escapes the output directory {self.output}.")
+        return path
+
+    def open(self, schema: pa.Schema, file_index: int = 0, chunk: int = 0) -> Sink:
+        """A sink for part (file_index, chunk) of a directory, or for the one output file."""
+        if self.stdout:
+            if self.format == "jsonl":
+                return JsonlSink(Path("-"), schema, stream=sys.stdout)
+            return CsvSink(Path("-"), schema, stream=sys.stdout.buffer)
+        if self.directory:
+            path = self._child(f"part-{file_index:05d}-{chunk:05d}{OUTPUT_SUFFIX[self.format]}")
+        else:
+            path = self.output
+        return SINKS[self.format](path, schema)
+
+    def list_parts(self) -> list[Path]:
+        return sorted(self.output.glob("part-*")) if self.directory else [self.output]
+
+    @property
+    def rejects_path(self) -> Path | None:
+        if self.stdout:
+            return None
+        return self.output / "_rejects.csv" if self.directory else self.output.with_name(self.output.name + ".rejects.csv")
+
+    def verify_parts(self, parts: list[dict]) -> int:
+        """Rows in the committed part files, checked against the manifest (Parquet footers are read)."""
+        total = 0
+        for part in parts:
+            path = self.output / part["name"]
+            if not path.exists():
+                raise InputError(f"Part {path} is listed in the manifest but missing; rerun with --overwrite.")
+            if self.format == "parquet":
+                on_disk = pq.ParquetFile(path).metadata.num_rows
+                if on_disk != part["rows"]:
+                    raise InputError(f"Row conservation failed: {path} holds {on_disk} rows, manifest says {part['rows']}.")
+            total += part["rows"]
+        return total
+
+    def finish(self, rejects: list[dict], job, totals: dict) -> None:
+        """Rejects file, then the final manifest, then `_SUCCESS`: the last things a job writes."""
+        if self.stdout:
+            return
+        if rejects:
+            write_csv_atomic(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), self.rejects_path)
+        if job is not None:
+            job.finish({k: totals[k] for k in ("rows_in", "rows_written", "rows_rejected", "rows_with_error")})
+        if self.directory:
+            (self.output / "_SUCCESS").write_text("")
+
+    def remove_outputs(self) -> None:
+        """Remove what bertbatch writes in the output directory (and nothing else)."""
+        if self.directory and self.output.is_dir():
+            for path in self.output.iterdir():
+                if (path.is_file() or path.is_symlink()) and path.name.startswith(OURS):
+                    path.unlink()
+
+
+# -------------------------------------------------------------------------------------- parts and the manifest
+class Writer:
+    """Owns the open sink: switches parts, commits them, records them in the job manifest."""
+
+    def __init__(self, layout: OutputLayout, job: Job | None, kept: pa.Schema, scorer: Scorer, config, metadata):
+        self.layout, self.job, self.config = layout, job, config
+        self.schema = output_schema(kept, scorer.model.labels, scorer.model.multi_label, config).with_metadata(metadata)
+        self.sink = self.key = None
+        self.rows_this_run = self.real = self.padded = self.errors = self.part_errors = 0
+        self.rows_before = sum(p["rows"] for p in job.state["parts"]) if job else 0
+        self.known_rejects = job.reject_keys() if job else set()
+        self.rejects_taken = 0
+
+    def take(self, index, chunk, out, result: Result | None, rejects) -> None:
+        if out is None:  # end of input file `index`
+            if self.layout.directory and self.key and self.key[0] == index:
+                self._commit(rejects, last=True)
+            elif self.job and self.layout.directory:
+                self.job.mark_file_done(index)
+            return
+        key = (index, chunk) if self.layout.directory else (0, 0)
+        if self.sink is not None and key != self.key:
+            self._commit(rejects, last=False)
+        if self.sink is None:
+            self.sink, self.key = self.layout.open(self.schema, *key), key
+        self.sink.write(out.cast(self.schema) if out.schema != self.schema else out)
+        self.rows_this_run += out.num_rows
+        self.real += result.real_tokens
+        self.padded += result.padded_tokens
+        errors = sum(e is not None for e in result.errors)
+        self.errors += errors
+        self.part_errors += errors
+
+    def _new_rejects(self, rejects) -> list[dict]:
+        if rejects is None:
+            return []
+        fresh = [r for r in rejects.rows[self.rejects_taken:] if (r["file"], r["where"]) not in self.known_rejects]
+        self.rejects_taken = len(rejects.rows)
+        return fresh
+
+    def _commit(self, rejects, last: bool) -> None:
+        sink, (index, chunk) = self.sink, self.key
+        sink.commit()
+        self.sink = self.key = None
+        if self.job:
+            self.job.record(sink.path.name, index, chunk, sink.rows, self.part_errors, self._new_rejects(rejects), last)
+        self.part_errors = 0
+
+    def close(self, rejects, expected_rows: int | None) -> dict:
+        if self.sink is not None:
+            self._commit(rejects, last=True)
+        elif self.key is None and not self.layout.directory and self.rows_this_run == 0:
+            self.layout.open(self.schema, 0, 0).commit()  # no rows at all: a header-only output, full schema
+        if self.job:
+            self._new_rejects(rejects)
+            all_rejects = self.job.all_rejects()
+            written = self.layout.verify_parts(self.job.state["parts"])
+            self.errors = self.job.errors()
+        else:
+            all_rejects = self._new_rejects(rejects)
+            written = self.rows_this_run
+        rows_in = written + len(all_rejects)
+        if expected_rows is not None and rows_in != expected_rows:
+            raise InputError(f"Row conservation failed: the inputs hold {expected_rows} rows, {rows_in} were accounted for.")
+        totals = {"rows_in": rows_in, "rows_written": written, "rows_rejected": len(all_rejects),
+                  "rows_with_error": self.errors, "rows_this_run": self.rows_this_run,
+                  "real_tokens": self.real, "padded_tokens": self.padded}
+        self.layout.finish(all_rejects, self.job, totals)
+        return totals
+
+    def abort(self) -> None:
+        if self.sink is not None:
+            self.sink.abort()
+            self.sink = None
