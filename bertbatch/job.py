@@ -24,11 +24,11 @@ RESULT_OPTIONS = (
 )
 
 
-def fingerprint(files: list[Path], model_hash: str, graph: str, provider: str, config: ScoreConfig, fmt: str) -> dict:
+def fingerprint(files: list, model_hash: str, graph: str, provider: str, config: ScoreConfig, fmt: str) -> dict:
     options = {k: v for k, v in asdict(config).items() if k in RESULT_OPTIONS}
     options["keep"] = list(options["keep"]) if options["keep"] is not None else None
     options["output_format"] = fmt
-    inputs = [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in files]
+    inputs = [f.identity() for f in files]  # path (or URI), size, modification time
     return {"inputs": inputs, "model_hash": model_hash, "graph": graph, "provider": provider, "options": options}
 
 

@@ -21,7 +21,7 @@ from .job import Job, fingerprint
 from .score import Scorer
 from .sink import OutputLayout, Writer, output_format
 from .summary import make_summary
-from .source import Rejects, check_inputs, expand_inputs, read_batches, total_rows
+from .source import Rejects, check_inputs, expand_inputs, input_is_directory, read_batches, total_rows
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
     config = replace(config or ScoreConfig(), **overrides)
     started = time.time()
     files = expand_inputs(inputs)
-    input_is_dir = any(Path(i).is_dir() for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs))
+    input_is_dir = input_is_directory(inputs)
     keep, kept_schema = check_inputs(files, config)
     scorer = Scorer(model_dir, config, runner=runner)
     fmt = config.output_format or ("csv" if str(output) == "-" else output_format(str(output), None))
