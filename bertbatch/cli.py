@@ -1,6 +1,7 @@
 """The `bertbatch` command: parse options into a config, make one library call, print a summary.
 
-The only module that imports click. Library errors become one-line messages with exit code 1.
+The only module that imports click. Every failure becomes a one-line message and a documented exit code
+(errors.py; README, "Exit codes").
 """
 
 from __future__ import annotations
@@ -18,19 +19,43 @@ from .errors import BertbatchError
 
 
 def _friendly(fn):
-    """Turn library exceptions into click errors (message, exit 1) instead of tracebacks."""
+    """Turn every failure into a one-line `Error: ...` and its documented exit code (errors.py), never a traceback.
+
+    Library errors carry their own code; OS errors (permissions, full disk, a file where a directory should
+    be) are described with their path; anything else is a bug: one line, exit 70, the traceback with -v."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .errors import EXIT_BROKEN_PIPE, EXIT_BUG, EXIT_INTERRUPTED, EXIT_OUTPUT, describe_os_error
+
         try:
             return fn(*args, **kwargs)
         except BertbatchError as exc:
-            raise click.ClickException(str(exc)) from exc
+            _fail(str(exc), exc.exit_code)
         except BrokenPipeError:  # `-o - | head`: the reader left; stop quietly, as `cat` would
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(141)
+            sys.exit(EXIT_BROKEN_PIPE)
+        except OSError as exc:
+            _fail(f"Cannot complete the command: {describe_os_error(exc)}", EXIT_OUTPUT)
+        except KeyboardInterrupt:
+            _fail("Interrupted. A directory job can continue with --resume.", EXIT_INTERRUPTED)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: a message, not a traceback
+            if logging.getLogger().isEnabledFor(logging.DEBUG) or logging.getLogger().isEnabledFor(logging.INFO):
+                import traceback
+
+                traceback.print_exc()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _fail(f"Internal error {type(exc).__name__}: {first}. This is a bug in bertbatch; run again with -v "
+                  "for the traceback and report it.", EXIT_BUG)
 
     return wrapper
+
+
+def _fail(message: str, code: int):
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
 
 
 def _csv_list(value):
