@@ -109,6 +109,8 @@ class ScoreConfig:
     allow_pickle: bool = False  # PyTorch backend on a pytorch_model.bin checkpoint
     # Where model directories given as store URIs are copied (once, hash-checked); None = ~/.cache/bertbatch/models.
     model_cache: str | None = None
+    # Directory output in Hive `key=value` directories of these kept columns (readable by DuckDB, Spark, Polars).
+    partition_by: tuple[str, ...] | None = None
 
     @property
     def text_columns(self) -> list[str]:
@@ -136,5 +138,7 @@ class ScoreConfig:
             raise InputError(f"--top-k must be at least 1; got {self.top_k}.")
         if self.rows_per_part < 1:
             raise InputError(f"--rows-per-part must be positive; got {self.rows_per_part}.")
+        if self.partition_by is not None and not self.partition_by:
+            raise InputError("--partition-by needs at least one column name.")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be at least 1; got {self.threads}.")

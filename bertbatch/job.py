@@ -14,19 +14,21 @@ from pathlib import Path
 from .config import ScoreConfig
 from .errors import InputError
 from .manifest import write_json_atomic
+from .storage import Location
 
 MANIFEST = "_manifest.json"
 # Options that change what lands in the output (values, columns, part boundaries or batch composition).
 RESULT_OPTIONS = (
     "text_column", "text_pair_column", "keep", "max_length", "probs", "top_k", "logits", "threshold", "long_text",
     "stride", "aggregate", "output_format", "on_bad_rows", "rows_per_part", "max_tokens", "max_batch_rows",
-    "window_rows",
+    "window_rows", "partition_by",
 )
 
 
 def fingerprint(files: list, model_hash: str, graph: str, provider: str, config: ScoreConfig, fmt: str) -> dict:
     options = {k: v for k, v in asdict(config).items() if k in RESULT_OPTIONS}
     options["keep"] = list(options["keep"]) if options["keep"] is not None else None
+    options["partition_by"] = list(options["partition_by"]) if options["partition_by"] is not None else None
     options["output_format"] = fmt
     inputs = [f.identity() for f in files]  # path (or URI), size, modification time
     return {"inputs": inputs, "model_hash": model_hash, "graph": graph, "provider": provider, "options": options}
@@ -48,6 +50,14 @@ def _differences(old: dict, new: dict) -> list[str]:
     return diffs
 
 
+def _read_manifest(root) -> str | None:
+    if isinstance(root, Location):
+        manifest = root.child(MANIFEST)
+        return manifest.read_bytes().decode() if manifest.exists() else None
+    path = root / MANIFEST
+    return path.read_text() if path.exists() else None
+
+
 class Job:
     """Committed parts of one directory job; load/verify for --resume, record after each part commit."""
 
@@ -58,12 +68,12 @@ class Job:
 
     @classmethod
     def start(cls, root: Path, fp: dict, resume: bool) -> "Job":
-        path = root / MANIFEST
-        if not resume or not path.exists():
+        text = _read_manifest(root)
+        if not resume or text is None:
             job = cls(root, fp)
             job.save()
             return job
-        saved = json.loads(path.read_text())
+        saved = json.loads(text)
         diffs = _differences(saved["fingerprint"], fp)
         if diffs:
             raise InputError(
@@ -73,7 +83,11 @@ class Job:
         return cls(root, fp, saved["state"])
 
     def save(self) -> None:
-        write_json_atomic(self.root / MANIFEST, {"fingerprint": self.fingerprint, "state": self.state})
+        payload = {"fingerprint": self.fingerprint, "state": self.state}
+        if isinstance(self.root, Location):  # a store: one upload, visible whole when it completes
+            self.root.child(MANIFEST).write_bytes((json.dumps(payload, indent=2, default=str) + "\n").encode())
+        else:
+            write_json_atomic(self.root / MANIFEST, payload)
 
     @property
     def complete(self) -> bool:
@@ -89,11 +103,14 @@ class Job:
         return {(r["file"], r["where"]) for p in self.state["parts"] for r in p["rejects"]}
 
     def record(self, name: str, file_index: int, chunk: int, rows: int, errors: int, rejects: list[dict],
-               last: bool) -> None:
+               last: bool, files: dict[str, int] | None = None) -> None:
         parts = [p for p in self.state["parts"] if p["name"] != name]  # a retried part replaces its entry
         start = sum(p["rows"] for p in parts if p["file_index"] == file_index)
-        parts.append({"name": name, "file_index": file_index, "chunk": chunk, "row_start": start,
-                      "row_end": start + rows, "rows": rows, "errors": errors, "rejects": rejects})
+        entry = {"name": name, "file_index": file_index, "chunk": chunk, "row_start": start,
+                 "row_end": start + rows, "rows": rows, "errors": errors, "rejects": rejects}
+        if files is not None:  # --partition-by: the part is one file per partition, {relative name: rows}
+            entry["files"] = files
+        parts.append(entry)
         self.state["parts"] = parts
         if last:
             self.mark_file_done(file_index, save=False)

@@ -21,6 +21,7 @@ from .job import Job, fingerprint
 from .score import Scorer
 from .sink import OutputLayout, Writer, output_format
 from .summary import make_summary
+from .storage import local_model_dir
 from .source import Rejects, check_inputs, expand_inputs, input_is_directory, read_batches, total_rows
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
     files = expand_inputs(inputs)
     input_is_dir = input_is_directory(inputs)
     keep, kept_schema = check_inputs(files, config)
-    scorer = Scorer(model_dir, config, runner=runner)
+    scorer = Scorer(local_model_dir(model_dir, config.model_cache), config, runner=runner)
     fmt = config.output_format or ("csv" if str(output) == "-" else output_format(str(output), None))
     layout = OutputLayout(str(output), fmt, files, input_is_dir, config.overwrite, config.resume)
     graph_path = None if scorer.graph in ("torch", "fake", "custom") else Path(scorer.graph)

@@ -5,9 +5,12 @@ a directory of part files, or stdout), and the writer that commits parts and rec
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,8 +20,14 @@ from pyarrow import csv
 from .errors import InputError
 from .job import Job
 from .score import Result, Scorer, output_schema
+from .storage import Location, is_uri
 
-def write_csv_atomic(table: pa.Table, path: Path) -> None:
+def write_csv_atomic(table: pa.Table, path: Path | Location) -> None:
+    if isinstance(path, Location):  # a store: one upload
+        buffer = io.BytesIO()
+        csv.write_csv(table, buffer)
+        path.write_bytes(buffer.getvalue())
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.unlink(missing_ok=True)
     csv.write_csv(table, tmp)
@@ -43,6 +52,7 @@ class Sink:
             self.tmp.unlink(missing_ok=True)  # a leftover of a killed run (or a planted link) is never written through
         self.schema = schema
         self.rows = 0
+        self.publish = None  # a store output: uploads the committed local file to its final key
 
     def write(self, batch: pa.RecordBatch) -> None:
         raise NotImplementedError
@@ -57,6 +67,8 @@ class Sink:
         with open(self.tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(self.tmp, self.path)
+        if self.publish is not None:
+            self.publish(self.path)
 
     def abort(self) -> None:
         try:
@@ -150,8 +162,17 @@ def output_format(path: str, explicit: str | None) -> str:
 # ---------------------------------------------------------------------------------------------- output layout
 def refuse_input_overlap(output: Path, inputs: list[Path], directory: bool) -> None:
     """An output that is, contains, or (as a directory of parts) sits beside an input would destroy it."""
+    if isinstance(output, Location) or is_uri(str(output)):
+        out = Location.of(output).uri.rstrip("/")
+        for path in inputs:
+            src = str(path)
+            if src == out or src.startswith(out + "/") or (directory and src.rsplit("/", 1)[0] == out):
+                raise InputError(f"Output {output} would overwrite the input {path}; choose another -o path.")
+        return
     out = Path(output).resolve()
     for path in inputs:
+        if getattr(path, "remote", None) is not None:
+            continue  # in a store: never on this disk
         src = Path(path).resolve()
         if src == out or out in src.parents or (directory and src.parent == out):
             raise InputError(f"Output {output} would overwrite the input {path}; choose another -o path.")
@@ -165,15 +186,32 @@ def refuse_existing(output: Path, overwrite: bool) -> None:
 OURS = ("part-", "_SUCCESS", "_rejects.csv", "_manifest.json", ".part-", "._manifest.json")
 
 
+def part_name(file_index: int, chunk: int, fmt: str) -> str:
+    return f"part-{file_index:05d}-{chunk:05d}{OUTPUT_SUFFIX[fmt]}"
+
+
+def _ours(relative: str) -> bool:
+    """A file bertbatch writes: directly in the output, or a part inside `key=value` partition directories."""
+    *dirs, name = relative.split("/")
+    if not dirs:
+        return name.startswith(OURS)
+    return name.startswith("part-") and all("=" in d for d in dirs)
+
+
 class OutputLayout:
     """Decides file vs directory, refuses clobbering, output == input and escaping paths; names parts."""
 
     def __init__(self, output: str, fmt: str, inputs: list[Path], input_is_dir: bool, overwrite: bool,
                  resume: bool = False):
         self.stdout = output == "-"
-        self.output = Path(output)
+        self.remote = Location.of(output) if is_uri(output) else None  # an object store: no rename, no links
+        self.output = self.remote or Path(output)
         self.format = fmt
-        self.directory = not self.stdout and (input_is_dir or self.output.is_dir() or self.output.suffix == "")
+        self.spool = None  # store output: where parts are written before their one upload
+        if self.remote is not None:
+            self.directory = input_is_dir or self.remote.is_dir() or "." not in self.remote.name
+        else:
+            self.directory = not self.stdout and (input_is_dir or self.output.is_dir() or self.output.suffix == "")
         if resume and not self.directory:
             raise InputError("--resume needs a directory output (an -o path without a file suffix).")
         if not self.stdout:
@@ -181,6 +219,9 @@ class OutputLayout:
             self._prepare(overwrite, resume)
 
     def _prepare(self, overwrite: bool, resume: bool) -> None:
+        if self.remote is not None:
+            self._prepare_remote(overwrite, resume)
+            return
         if self.directory:
             existing = list(self.output.iterdir()) if self.output.is_dir() else []
             if existing and not (overwrite or resume):
@@ -194,6 +235,36 @@ class OutputLayout:
         else:
             refuse_existing(self.output, overwrite)
             self.output.parent.mkdir(parents=True, exist_ok=True)
+
+    def _prepare_remote(self, overwrite: bool, resume: bool) -> None:
+        """The same refusals as on a local disk; parts are spooled locally and uploaded whole on commit."""
+        if self.directory:
+            if self.remote.list_files() and not (overwrite or resume):
+                raise InputError(
+                    f"Output directory {self.output} is not empty. Pass --resume to continue an interrupted job, "
+                    "or --overwrite to replace it."
+                )
+            if overwrite and not resume:
+                self.remove_outputs()
+        elif self.remote.exists() and not overwrite:
+            raise InputError(f"Output {self.output} exists. Pass --overwrite to replace it.")
+        self.spool = Path(tempfile.mkdtemp(prefix="bertbatch-spool-"))
+
+    def _remote_sink(self, name: str, schema: pa.Schema) -> Sink:
+        target = self.remote.child(name) if self.directory else self.remote
+        local = self.spool / name.replace("/", "%2F")
+        sink = SINKS[self.format](local, schema)
+
+        def publish(path: Path) -> None:
+            target.upload(path)  # visible in the store only once complete
+            path.unlink()
+
+        sink.publish = publish
+        return sink
+
+    def close_spool(self) -> None:
+        if self.spool is not None:
+            shutil.rmtree(self.spool, ignore_errors=True)
 
     def _child(self, name: str) -> Path:
         """A file directly inside the output root: never through '..' or a symlink placed there."""
@@ -213,32 +284,53 @@ class OutputLayout:
             if self.format == "jsonl":
                 return JsonlSink(Path("-"), schema, stream=sys.stdout)
             return CsvSink(Path("-"), schema, stream=sys.stdout.buffer)
+        if self.remote is not None:
+            return self._remote_sink(part_name(file_index, chunk, self.format) if self.directory else self.remote.name,
+                                     schema)
         if self.directory:
-            path = self._child(f"part-{file_index:05d}-{chunk:05d}{OUTPUT_SUFFIX[self.format]}")
+            path = self._child(part_name(file_index, chunk, self.format))
         else:
             path = self.output
         return SINKS[self.format](path, schema)
 
-    def list_parts(self) -> list[Path]:
+    def list_parts(self) -> list:
+        if self.remote is not None:
+            if not self.directory:
+                return [self.remote]
+            return [f for f in self.remote.list_files() if f.name.startswith("part-")]
         return sorted(self.output.glob("part-*")) if self.directory else [self.output]
 
     @property
-    def rejects_path(self) -> Path | None:
+    def rejects_path(self) -> Path | Location | None:
         if self.stdout:
             return None
+        if self.remote is not None:
+            return self.remote.child("_rejects.csv") if self.directory else Location.of(self.remote.uri + ".rejects.csv")
         return self.output / "_rejects.csv" if self.directory else self.output.with_name(self.output.name + ".rejects.csv")
+
+    def _part_rows(self, name: str) -> int | None:
+        """Rows in a committed part (Parquet footer), None when it is missing; -1 for text formats."""
+        if self.remote is not None:
+            part = self.remote.child(name)
+            if not part.exists():
+                return None
+            return pq.ParquetFile(part.open_input_file()).metadata.num_rows if self.format == "parquet" else -1
+        path = self.output / name
+        if not path.exists():
+            return None
+        return pq.ParquetFile(path).metadata.num_rows if self.format == "parquet" else -1
 
     def verify_parts(self, parts: list[dict]) -> int:
         """Rows in the committed part files, checked against the manifest (Parquet footers are read)."""
         total = 0
         for part in parts:
-            path = self.output / part["name"]
-            if not path.exists():
-                raise InputError(f"Part {path} is listed in the manifest but missing; rerun with --overwrite.")
-            if self.format == "parquet":
-                on_disk = pq.ParquetFile(path).metadata.num_rows
-                if on_disk != part["rows"]:
-                    raise InputError(f"Row conservation failed: {path} holds {on_disk} rows, manifest says {part['rows']}.")
+            for name, rows in (part.get("files") or {part["name"]: part["rows"]}).items():
+                path = f"{self.output}/{name}"
+                on_disk = self._part_rows(name)
+                if on_disk is None:
+                    raise InputError(f"Part {path} is listed in the manifest but missing; rerun with --overwrite.")
+                if on_disk >= 0 and on_disk != rows:
+                    raise InputError(f"Row conservation failed: {path} holds {on_disk} rows, manifest says {rows}.")
             total += part["rows"]
         return total
 
@@ -251,10 +343,20 @@ class OutputLayout:
         if job is not None:
             job.finish({k: totals[k] for k in ("rows_in", "rows_written", "rows_rejected", "rows_with_error")})
         if self.directory:
-            (self.output / "_SUCCESS").write_text("")
+            if self.remote is not None:
+                self.remote.child("_SUCCESS").write_bytes(b"")
+            else:
+                (self.output / "_SUCCESS").write_text("")
+        self.close_spool()
 
     def remove_outputs(self) -> None:
         """Remove what bertbatch writes in the output directory (and nothing else)."""
+        if self.remote is not None:
+            if self.directory:
+                for found in self.remote.list_files():
+                    if _ours(found.relative_to(self.remote)):
+                        found.delete()
+            return
         if self.directory and self.output.is_dir():
             for path in self.output.iterdir():
                 if (path.is_file() or path.is_symlink()) and path.name.startswith(OURS):
@@ -332,6 +434,9 @@ class Writer:
         return totals
 
     def abort(self) -> None:
-        if self.sink is not None:
-            self.sink.abort()
-            self.sink = None
+        try:
+            if self.sink is not None:
+                self.sink.abort()
+                self.sink = None
+        finally:
+            self.layout.close_spool()

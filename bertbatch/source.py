@@ -19,7 +19,7 @@ from pyarrow import csv
 
 from .config import ScoreConfig
 from .errors import InputError
-from .storage import Location, is_uri
+from .storage import Location, check_no_credentials, is_uri
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -124,9 +124,11 @@ def _remote_tree(root: Location, pattern: str | None = None) -> list[InputFile]:
 
 
 def _expand_uri(item: str) -> list[InputFile]:
-    if any(ch in item for ch in "*?["):
-        prefix = item[: min(item.index(ch) for ch in "*?[" if ch in item)].rsplit("/", 1)[0]
-        found = _remote_tree(Location.of(prefix), item[len(prefix) + 1:])
+    check_no_credentials(item)
+    where, _, query = item.partition("?")  # in a URI '?' starts the query: globs are '*' and '[...]'
+    if any(ch in where for ch in "*["):
+        prefix = where[: min(where.index(ch) for ch in "*[" if ch in where)].rsplit("/", 1)[0]
+        found = _remote_tree(Location.of(prefix + (f"?{query}" if query else "")), where[len(prefix) + 1:])
         if not found:
             raise InputError(f"No table files match {item}.")
         return found
