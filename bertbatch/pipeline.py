@@ -41,7 +41,7 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
     keep, kept_schema = check_inputs(files, config)
     scorer = Scorer(local_model_dir(model_dir, config.model_cache), config, runner=runner)
     fmt = config.output_format or ("csv" if str(output) == "-" else output_format(str(output), None))
-    layout = OutputLayout(str(output), fmt, files, input_is_dir, config.overwrite, config.resume)
+    layout = OutputLayout(str(output), fmt, files, input_is_dir, config.overwrite, config.resume, config.partition_by)
     graph_path = None if scorer.graph in ("torch", "fake", "custom") else Path(scorer.graph)
     metadata = {
         "bertbatch.version": _version(),

@@ -20,6 +20,7 @@ from pyarrow import csv
 from .errors import InputError
 from .job import Job
 from .score import Result, Scorer, output_schema
+from .source import HIVE_NULL
 from .storage import Location, is_uri
 
 def write_csv_atomic(table: pa.Table, path: Path | Location) -> None:
@@ -202,7 +203,8 @@ class OutputLayout:
     """Decides file vs directory, refuses clobbering, output == input and escaping paths; names parts."""
 
     def __init__(self, output: str, fmt: str, inputs: list[Path], input_is_dir: bool, overwrite: bool,
-                 resume: bool = False):
+                 resume: bool = False, partition_by: tuple[str, ...] | None = None):
+        self.partition_by = tuple(partition_by or ())
         self.stdout = output == "-"
         self.remote = Location.of(output) if is_uri(output) else None  # an object store: no rename, no links
         self.output = self.remote or Path(output)
@@ -214,6 +216,8 @@ class OutputLayout:
             self.directory = not self.stdout and (input_is_dir or self.output.is_dir() or self.output.suffix == "")
         if resume and not self.directory:
             raise InputError("--resume needs a directory output (an -o path without a file suffix).")
+        if self.partition_by and not self.directory:
+            raise InputError("--partition-by needs a directory output (an -o path without a file suffix).")
         if not self.stdout:
             refuse_input_overlap(self.output, inputs, self.directory)
             self._prepare(overwrite, resume)
@@ -266,6 +270,25 @@ class OutputLayout:
         if self.spool is not None:
             shutil.rmtree(self.spool, ignore_errors=True)
 
+    def open_file(self, relative: str, schema: pa.Schema) -> Sink:
+        """A sink for one file at `relative` (`key=value/.../part-...`) inside the output directory."""
+        if self.remote is not None:
+            return self._remote_sink(relative, schema)
+        *dirs, name = relative.split("/")
+        folder = self.output
+        for segment in dirs:
+            if segment in ("", ".", "..") or "=" not in segment:
+                raise InputError(f"Refusing to write {relative!r}: it escapes the output directory {self.output}.")
+            folder = folder / segment
+            if folder.is_symlink():
+                raise InputError(f"Refusing to write through the symlink {folder} in the output directory.")
+            folder.mkdir(exist_ok=True)
+        path = folder / name
+        for candidate in (path, path.with_name(f".{name}.tmp")):
+            if candidate.is_symlink():
+                raise InputError(f"Refusing to write through the symlink {candidate} in the output directory.")
+        return SINKS[self.format](path, schema)
+
     def _child(self, name: str) -> Path:
         """A file directly inside the output root: never through '..' or a symlink placed there."""
         if "/" in name or name in ("", ".", ".."):
@@ -284,6 +307,8 @@ class OutputLayout:
             if self.format == "jsonl":
                 return JsonlSink(Path("-"), schema, stream=sys.stdout)
             return CsvSink(Path("-"), schema, stream=sys.stdout.buffer)
+        if self.partition_by:
+            return PartitionedSink(self, schema, part_name(file_index, chunk, self.format))
         if self.remote is not None:
             return self._remote_sink(part_name(file_index, chunk, self.format) if self.directory else self.remote.name,
                                      schema)
@@ -298,6 +323,8 @@ class OutputLayout:
             if not self.directory:
                 return [self.remote]
             return [f for f in self.remote.list_files() if f.name.startswith("part-")]
+        if self.partition_by:
+            return sorted(self.output.glob("**/part-*"))
         return sorted(self.output.glob("part-*")) if self.directory else [self.output]
 
     @property
@@ -361,6 +388,74 @@ class OutputLayout:
             for path in self.output.iterdir():
                 if (path.is_file() or path.is_symlink()) and path.name.startswith(OURS):
                     path.unlink()
+                elif path.is_dir() and not path.is_symlink() and "=" in path.name:
+                    _remove_partition_dir(path)
+
+
+def _remove_partition_dir(folder: Path) -> None:
+    """Parts inside a `key=value` directory (recursively), then the directory if that left it empty."""
+    for path in folder.iterdir():
+        if path.is_dir() and not path.is_symlink() and "=" in path.name:
+            _remove_partition_dir(path)
+        elif (path.is_file() or path.is_symlink()) and path.name.startswith(("part-", ".part-")):
+            path.unlink()
+    if not any(folder.iterdir()):
+        folder.rmdir()
+
+
+# ------------------------------------------------------------------------------------------ Hive partitions
+_SAFE = " -_.~+,;@!$&()"  # kept as is; '/', '=', '%', ':' and the rest are percent-encoded, as Hive does
+
+
+def hive_segment(key: str, value: str | None) -> str:
+    """`key=value` as Hive, Spark and DuckDB write it: percent-encoded; null and '' as __HIVE_DEFAULT_PARTITION__."""
+    from urllib.parse import quote
+
+    return f"{quote(key, safe=_SAFE)}={HIVE_NULL if value in (None, '') else quote(value, safe=_SAFE)}"
+
+
+class PartitionedSink:
+    """One part of a `--partition-by` job: one file per partition value (`k=v/.../part-FFFFF-CCCCC.ext`, the
+    partition columns in the path, not in the file), rows in input order. Each file is committed atomically;
+    the part is recorded in the manifest only after all of them."""
+
+    def __init__(self, layout: "OutputLayout", schema: pa.Schema, name: str):
+        self.layout, self.name, self.keys = layout, name, layout.partition_by
+        missing = [k for k in self.keys if k not in schema.names]
+        if missing:
+            raise InputError(f"--partition-by columns {missing} are not in the output; its columns are {schema.names}.")
+        nested = [k for k in self.keys if pa.types.is_nested(schema.field(k).type)]
+        if nested:
+            raise InputError(f"--partition-by columns {nested} hold lists or structs; partition by scalar columns.")
+        self.file_schema = pa.schema([f for f in schema if f.name not in self.keys], metadata=schema.metadata)
+        self.sinks: dict[str, Sink] = {}
+        self.path = Path(name)  # the part's name in the manifest
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        values = [batch.column(k).cast(pa.string()).to_pylist() for k in self.keys]
+        groups: dict[tuple, list[int]] = {}
+        for row, key in enumerate(zip(*values)):
+            groups.setdefault(key, []).append(row)
+        data = batch.select(self.file_schema.names)
+        for key, rows in groups.items():
+            relative = "/".join(hive_segment(k, v) for k, v in zip(self.keys, key)) + "/" + self.name
+            if relative not in self.sinks:
+                self.sinks[relative] = self.layout.open_file(relative, self.file_schema)
+            self.sinks[relative].write(data.take(pa.array(rows, pa.int64())))
+        self.rows += batch.num_rows
+
+    @property
+    def files(self) -> dict[str, int]:
+        return {relative: sink.rows for relative, sink in self.sinks.items()}
+
+    def commit(self) -> None:
+        for sink in self.sinks.values():
+            sink.commit()
+
+    def abort(self) -> None:
+        for sink in self.sinks.values():
+            sink.abort()
 
 
 # -------------------------------------------------------------------------------------- parts and the manifest
@@ -408,7 +503,8 @@ class Writer:
         sink.commit()
         self.sink = self.key = None
         if self.job:
-            self.job.record(sink.path.name, index, chunk, sink.rows, self.part_errors, self._new_rejects(rejects), last)
+            self.job.record(sink.path.name, index, chunk, sink.rows, self.part_errors, self._new_rejects(rejects), last,
+                            files=getattr(sink, "files", None))
         self.part_errors = 0
 
     def close(self, rejects, expected_rows: int | None) -> dict:
