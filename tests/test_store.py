@@ -201,3 +201,20 @@ def test_any_fsspec_scheme_works_through_the_fallback(tmp_path, tiny_exported):
     assert memory.exists("/bertbatch-test/out/_SUCCESS")
     with memory.open("/bertbatch-test/out/part-00000-00000.parquet", "rb") as fh:
         assert pq.read_table(fh)["id"].to_pylist() == table["id"].to_pylist()
+
+
+def test_partition_by_on_s3_reads_back_with_hive_partitioning(s3, tmp_path, tiny_exported):
+    import pyarrow.dataset as ds
+    from pyarrow import fs as pafs
+
+    table = _tables(1, 90)[0].append_column("region", pa.array(["eu", "us", "ap"] * 30))
+    s3.put("in/region-table.parquet", _parquet_bytes(table))
+    score_file(s3.uri("in"), s3.uri("out"), tiny_exported, partition_by=("region",), rows_per_part=40)
+    keys = sorted(s3.listing("out/"))
+    assert "out/region=eu/part-00000-00000.parquet" in keys and keys[-1] == "out/region=us/part-00000-00002.parquet"
+    assert "out/_SUCCESS" in keys
+    store = pafs.S3FileSystem(endpoint_override=s3.server.endpoint, region="us-east-1")
+    back = ds.dataset(f"{s3.name}/out", filesystem=store, format="parquet", partitioning="hive",
+                      exclude_invalid_files=True).to_table()
+    got = sorted(zip(back["id"].to_pylist(), back["region"].to_pylist()))
+    assert got == sorted(zip(table["id"].to_pylist(), table["region"].to_pylist()))
