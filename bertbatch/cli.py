@@ -177,7 +177,7 @@ def _summary_line(s: dict) -> str:
         f"{s['rows_in']:,} rows in, {s['rows_written']:,} written ({s['rows_with_error']:,} with error), "
         f"{s['rows_rejected']:,} rejected; {s['rows_per_s']:,} rows/s, {s['tokens_per_s']:,} tokens/s, "
         f"padding efficiency {s['padding_ratio']}; {s['provider']} ({s['graph']}, {s['threads']} threads) -> {s['output']}"
-    )
+    ) + (f"; rejected rows -> {s['rejects']}" if s.get("rejects") else "")
 
 
 def _model_dir_or_uri(ctx, param, value):
@@ -217,6 +217,8 @@ def _model_dir_or_uri(ctx, param, value):
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted directory job from its last committed part.")
 @click.option("--allow-pickle", is_flag=True, help="Allow a pytorch_model.bin checkpoint (PyTorch backend).")
+@click.option("--rejects", type=click.Path(dir_okay=False),
+              help="With --on-bad-rows reject: the rejected rows' CSV (default OUT.rejects.csv; needed with -o -).")
 @click.option("--rows-per-part", default=1_000_000, show_default=True, help="Directory output: rows per part file.")
 @click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
               help="spark: run the same scorer inside Apache Spark (needs the 'spark' extra).")

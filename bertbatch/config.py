@@ -111,6 +111,7 @@ class ScoreConfig:
     model_cache: str | None = None
     # Directory output in Hive `key=value` directories of these kept columns (readable by DuckDB, Spark, Polars).
     partition_by: tuple[str, ...] | None = None
+    rejects: str | None = None  # rejected rows' file for file and stdout outputs (default: OUT.rejects.csv)
 
     @property
     def text_columns(self) -> list[str]:

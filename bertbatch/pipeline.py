@@ -16,8 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import ScoreConfig
-from .errors import InputError
-from .job import Job, fingerprint
+from .errors import InputError, ModelError
+from .job import Job, fingerprint, model_files_digest
 from .score import Scorer
 from .sink import OutputLayout, Writer, output_format
 from .summary import make_summary
@@ -38,24 +38,41 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
     started = time.time()
     files = expand_inputs(inputs)
     input_is_dir = input_is_directory(inputs)
+    if str(output) == "-" and config.on_bad_rows == "reject" and not config.rejects:
+        raise InputError("-o - with --on-bad-rows reject needs --rejects FILE: stdout carries the scored rows only, "
+                         "the rejected rows go to FILE.")
     keep, kept_schema = check_inputs(files, config)
-    scorer = Scorer(local_model_dir(model_dir, config.model_cache), config, runner=runner)
+    scorer = _open_scorer(local_model_dir(model_dir, config.model_cache), config, runner)
     fmt = config.output_format or ("csv" if str(output) == "-" else output_format(str(output), None))
-    layout = OutputLayout(str(output), fmt, files, input_is_dir, config.overwrite, config.resume, config.partition_by)
     graph_path = None if scorer.graph in ("torch", "fake", "custom") else Path(scorer.graph)
+    weights = graph_path or (scorer.model.path / "model.safetensors" if scorer.graph == "torch" else None)
+    model_files = model_files_digest(scorer.model.path, weights)
     metadata = {
         "bertbatch.version": _version(),
         "bertbatch.model": scorer.model.name,
-        "bertbatch.model_hash": scorer.model.model_hash(graph_path),
+        # of the bytes that run, not the hash recorded at export
+        "bertbatch.model_hash": next(iter(model_files.values())) if weights is not None and model_files else "",
         "bertbatch.graph": scorer.model.graph_key(graph_path) if graph_path or scorer.graph == "torch" else scorer.graph,
         "bertbatch.provider": scorer.runner.provider,
     }
+    layout = OutputLayout(str(output), fmt, files, input_is_dir, config.overwrite, config.resume, config.rejects,
+                          config.partition_by)
+    try:
+        return _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files, fmt, progress, started)
+    finally:
+        layout.release()
+
+
+def _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files, fmt, progress, started) -> dict:
     job = None
     if layout.directory:
-        fp = fingerprint(files, metadata["bertbatch.model_hash"], metadata["bertbatch.graph"],
-                         metadata["bertbatch.provider"], config, fmt)
-        job = Job.start(layout.output, fp, config.resume)
-        if job.complete:  # re-running a finished job changes nothing
+        fp = fingerprint(files, model_files, metadata["bertbatch.graph"], metadata["bertbatch.provider"], config,
+                         fmt, scorer.max_length)
+        job = Job.start(layout.output, fp, config.resume, layout.run_id)
+        if config.resume:
+            layout.verify_parts(job.state["parts"])  # a part lost or damaged since the crash: say so now
+        if job.complete:  # re-running a finished job changes nothing (a kill before `_SUCCESS`: write it)
+            layout.finish_success()
             return _summary(job.state, scorer, metadata, layout, started, resumed=True)
     writer = Writer(layout, job, kept_schema, scorer, config, metadata)
     rejects = Rejects() if config.on_bad_rows == "reject" else None
@@ -76,6 +93,23 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
             layout.remove_outputs()  # bad data fails again on retry: leave nothing under the final name
         raise
     return _summary(totals, scorer, metadata, layout, started, resumed=config.resume)
+
+
+def _open_scorer(model_dir, config: ScoreConfig, runner) -> Scorer:
+    """The Scorer; a graph that ONNX / ONNX Runtime cannot load (truncated, corrupt) is a ModelError."""
+    try:
+        return Scorer(model_dir, config, runner=runner)
+    except Exception as exc:
+        module = type(exc).__module__ or ""
+        if not module.startswith(("onnx", "google.protobuf")):
+            raise
+        from .modeldir import ModelDir
+        from .runtime import resolve_provider
+
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        graph = ModelDir.open(model_dir).graph_path(config.graph, resolve_provider(config.provider))
+        raise ModelError(f"Cannot load the graph {graph}: {first}. The file is damaged or not ONNX; "
+                         f"run `bertbatch export {model_dir}` again.") from None
 
 
 # ------------------------------------------------------------------------------------------------- stages

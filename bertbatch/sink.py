@@ -8,52 +8,57 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import csv
 
-from .errors import InputError
-from .job import Job
+from .errors import InputError, OutputError, describe_os_error
+from .job import (LOCK, REJECTS, SUCCESS, Job, JobLock, StoreLock, create_temp, new_run_id, owned_names, owned_temp,
+                  publish, read_manifest, remove_spool)
 from .score import Result, Scorer, output_schema
 from .source import HIVE_NULL
 from .storage import Location, is_uri
 
-def write_csv_atomic(table: pa.Table, path: Path | Location) -> None:
-    if isinstance(path, Location):  # a store: one upload
-        buffer = io.BytesIO()
-        csv.write_csv(table, buffer)
-        path.write_bytes(buffer.getvalue())
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    csv.write_csv(table, tmp)
-    os.replace(tmp, path)
-
-
 REJECT_SCHEMA = pa.schema([("file", pa.string()), ("where", pa.string()), ("reason", pa.string()), ("raw", pa.string())])
 
+
+def write_rejects(rows: list[dict], final: Path | Location, run_id: str) -> None:
+    """The rejects CSV through a temp file and `publish`, like a part."""
+    tmp, fh = create_temp(final, run_id)
+    try:
+        with fh:
+            csv.write_csv(pa.Table.from_pylist(rows, schema=REJECT_SCHEMA), fh)
+        publish(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(describe_os_error(exc, f"Cannot write the rejects file {final}")) from None
+
+
+def mark_success(root: Path | Location, run_id: str) -> None:
+    """`_SUCCESS`: the last file a job writes, after its final manifest."""
+    tmp, fh = create_temp(root / SUCCESS, run_id)
+    fh.close()
+    publish(tmp, root / SUCCESS)
 
 
 # ----------------------------------------------------------------------------------------------- atomic sinks
 class Sink:
-    """Writes record batches to a temp file beside `path` and renames it into place on commit.
+    """Writes record batches to a temp file unique to this run beside `path`; `commit` renames it into place.
 
     With `stream` (`-o -`) it writes there instead: no temp file, nothing to rename."""
 
-    def __init__(self, path: Path, schema: pa.Schema, stream=None):
-        self.path = Path(path)
+    def __init__(self, path: Path, schema: pa.Schema, stream=None, run_id: str | None = None):
+        self.path = path if isinstance(path, Location) else Path(path)  # a Location: a file in a store
         self.stream = stream
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
         if stream is None:
-            self.tmp.unlink(missing_ok=True)  # a leftover of a killed run (or a planted link) is never written through
+            self.tmp, self.fh = create_temp(self.path, run_id or new_run_id())
+        else:
+            self.tmp, self.fh = None, stream
         self.schema = schema
         self.rows = 0
-        self.publish = None  # a store output: uploads the committed local file to its final key
 
     def write(self, batch: pa.RecordBatch) -> None:
         raise NotImplementedError
@@ -61,28 +66,36 @@ class Sink:
     def _close(self) -> None:
         raise NotImplementedError
 
-    def commit(self) -> None:
+    def finish_writing(self) -> None:
+        """Close the writer and the temp file: complete on disk, not yet visible."""
         self._close()
-        if self.stream is not None:
-            return
-        with open(self.tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp, self.path)
-        if self.publish is not None:
-            self.publish(self.path)
+        if self.stream is None:
+            self.fh.close()
+
+    def commit(self) -> None:
+        self.finish_writing()
+        if self.stream is None:
+            publish(self.tmp, self.path)
+
+    def pieces(self) -> list[tuple]:
+        """(temp file, final name, name in the manifest) of what `commit` publishes."""
+        return [(self.tmp, self.path, self.path.name)]
 
     def abort(self) -> None:
         try:
             self._close()
+        except Exception:  # noqa: BLE001 - the write already failed; what matters is removing the temp file
+            pass
         finally:
             if self.stream is None:
+                self.fh.close()
                 self.tmp.unlink(missing_ok=True)
 
 
 class ParquetSink(Sink):
-    def __init__(self, path, schema):
-        super().__init__(path, schema)
-        self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+    def __init__(self, path, schema, stream=None, run_id=None):
+        super().__init__(path, schema, stream, run_id)
+        self.writer = pq.ParquetWriter(self.fh, schema, compression="zstd")
 
     def write(self, batch):
         self.writer.write_batch(batch)
@@ -92,28 +105,32 @@ class ParquetSink(Sink):
         self.writer.close()
 
 
+def _text_type(t: pa.DataType) -> pa.DataType:
+    return pa.string() if pa.types.is_nested(t) else t
+
+
 def _text_schema(schema: pa.Schema) -> pa.Schema:
-    nested = lambda t: pa.types.is_list(t) or pa.types.is_struct(t)  # noqa: E731
-    return pa.schema([pa.field(f.name, pa.string() if nested(f.type) else f.type) for f in schema])
+    return pa.schema([pa.field(f.name, _text_type(f.type)) for f in schema])
 
 
 def _flatten_for_text(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """CSV/JSON text cannot hold lists or structs: such columns become JSON strings."""
+    """CSV/JSON text cannot hold lists, structs or maps: such columns become JSON strings."""
     arrays = []
     for column in batch.columns:
-        if pa.types.is_list(column.type) or pa.types.is_struct(column.type):
-            column = pa.array([None if v is None else json.dumps(v) for v in column.to_pylist()], pa.string())
+        if pa.types.is_nested(column.type):
+            column = pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=str)
+                               for v in column.to_pylist()], pa.string())
         arrays.append(column)
     return pa.RecordBatch.from_arrays(arrays, names=batch.schema.names)
 
 
 class CsvSink(Sink):
-    def __init__(self, path, schema, stream=None):
-        super().__init__(path, schema, stream)
+    def __init__(self, path, schema, stream=None, run_id=None):
+        super().__init__(path, schema, stream, run_id)
         self.writer = None
 
     def _open(self, schema: pa.Schema) -> None:
-        self.writer = csv.CSVWriter(self.stream if self.stream is not None else str(self.tmp), schema)
+        self.writer = csv.CSVWriter(self.fh, schema)
 
     def write(self, batch):
         batch = _flatten_for_text(batch)
@@ -129,20 +146,19 @@ class CsvSink(Sink):
 
 
 class JsonlSink(Sink):
-    def __init__(self, path, schema, stream=None):
-        super().__init__(path, schema, stream)
-        self.fh = stream or open(self.tmp, "w", encoding="utf-8")
+    def __init__(self, path, schema, stream=None, run_id=None):
+        super().__init__(path, schema, stream, run_id)
+        self.text = stream if stream is not None else io.TextIOWrapper(self.fh, encoding="utf-8")
 
     def write(self, batch):
         for row in batch.to_pylist():
-            self.fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            self.text.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
         self.rows += batch.num_rows
 
     def _close(self):
+        self.text.flush()
         if self.stream is None:
-            self.fh.close()
-        else:
-            self.fh.flush()
+            self.text.detach()  # the binary file is closed by Sink
 
 
 SINKS = {"parquet": ParquetSink, "csv": CsvSink, "jsonl": JsonlSink}
@@ -180,227 +196,249 @@ def refuse_input_overlap(output: Path, inputs: list[Path], directory: bool) -> N
 
 
 def refuse_existing(output: Path, overwrite: bool) -> None:
-    if Path(output).exists() and not overwrite:
+    target = output if isinstance(output, Location) else Path(output)
+    if target.exists() and not overwrite:
         raise InputError(f"Output {output} exists. Pass --overwrite to replace it.")
 
 
-OURS = ("part-", "_SUCCESS", "_rejects.csv", "_manifest.json", ".part-", "._manifest.json")
-
-
-def part_name(file_index: int, chunk: int, fmt: str) -> str:
-    return f"part-{file_index:05d}-{chunk:05d}{OUTPUT_SUFFIX[fmt]}"
-
-
-def _ours(relative: str) -> bool:
-    """A file bertbatch writes: directly in the output, or a part inside `key=value` partition directories."""
-    *dirs, name = relative.split("/")
-    if not dirs:
-        return name.startswith(OURS)
-    return name.startswith("part-") and all("=" in d for d in dirs)
-
-
 class OutputLayout:
-    """Decides file vs directory, refuses clobbering, output == input and escaping paths; names parts."""
+    """Decides file vs directory, refuses clobbering, output == input, foreign files and links; names parts.
+
+    A directory output is a job bertbatch owns: while it runs, `_bertbatch.lock` is flock'ed; it writes
+    into an empty directory or its own job only, removes (with --overwrite) only what its manifest lists,
+    and refuses a directory holding any link."""
 
     def __init__(self, output: str, fmt: str, inputs: list[Path], input_is_dir: bool, overwrite: bool,
-                 resume: bool = False, partition_by: tuple[str, ...] | None = None):
-        self.partition_by = tuple(partition_by or ())
+                 resume: bool = False, rejects: str | None = None, partition_by: tuple[str, ...] | None = None):
         self.stdout = output == "-"
-        self.remote = Location.of(output) if is_uri(output) else None  # an object store: no rename, no links
-        self.output = self.remote or Path(output)
+        self.remote = is_uri(output)  # an object store: the same protocol, with uploads for renames
+        self.output = Location.of(output) if self.remote else Path(output)
         self.format = fmt
-        self.spool = None  # store output: where parts are written before their one upload
-        if self.remote is not None:
-            self.directory = input_is_dir or self.remote.is_dir() or "." not in self.remote.name
+        self.partition_by = tuple(partition_by or ())
+        self.run_id = new_run_id()
+        self.lock = None
+        if self.remote:
+            self.directory = input_is_dir or self.output.is_dir() or "." not in self.output.name
         else:
             self.directory = not self.stdout and (input_is_dir or self.output.is_dir() or self.output.suffix == "")
         if resume and not self.directory:
             raise InputError("--resume needs a directory output (an -o path without a file suffix).")
         if self.partition_by and not self.directory:
             raise InputError("--partition-by needs a directory output (an -o path without a file suffix).")
+        if rejects and self.directory:
+            raise InputError(f"--rejects is for file and stdout outputs; a directory job keeps its rejects in "
+                             f"{self.output / REJECTS}.")
+        self.rejects_file = Path(rejects) if rejects else None
         if not self.stdout:
             refuse_input_overlap(self.output, inputs, self.directory)
-            self._prepare(overwrite, resume)
+            if self.directory:
+                self._prepare_directory(overwrite, resume)
+            else:
+                self._prepare_file(overwrite)
 
-    def _prepare(self, overwrite: bool, resume: bool) -> None:
-        if self.remote is not None:
-            self._prepare_remote(overwrite, resume)
-            return
-        if self.directory:
-            existing = list(self.output.iterdir()) if self.output.is_dir() else []
-            if existing and not (overwrite or resume):
-                raise InputError(
-                    f"Output directory {self.output} is not empty. Pass --resume to continue an interrupted job, "
-                    "or --overwrite to replace it."
+    # -- a single file
+    def _prepare_file(self, overwrite: bool) -> None:
+        refuse_existing(self.output, overwrite)
+        if self.output.is_dir():
+            raise OutputError(f"Output {self.output} is a directory; give a file name, or a path without a suffix "
+                              "for a directory job.")
+        if not self.remote:
+            make_directory(self.output.parent, self.output)
+
+    # -- a job directory
+    def _entries(self) -> list[str]:
+        """Names in the output directory; inside Hive `key=value` directories, relative paths of their files."""
+        if self.remote:
+            return sorted(f.relative_to(self.output) for f in self.output.list_files())
+        return sorted(_local_entries(self.output, "")) if self.output.is_dir() else []
+
+    def _check_owned(self) -> tuple[dict | None, list[str]]:
+        """(saved manifest, entries) of the output directory; refuses links and files that are not the job's."""
+        if self.output.exists() and not self.output.is_dir():
+            raise OutputError(f"Output {self.output} exists and is not a directory; choose another -o path.")
+        entries = self._entries()
+        for name in entries:
+            if (self.output / name).is_symlink():
+                raise OutputError(
+                    f"Output directory {self.output} holds a link, {name} -> {os.readlink(self.output / name)}; "
+                    "bertbatch never follows links in its output. Remove the link, or write elsewhere with -o."
                 )
-            if overwrite and not resume:
-                self.remove_outputs()
-            self.output.mkdir(parents=True, exist_ok=True)
+        saved = read_manifest(self.output)
+        owned = owned_names(saved) if saved else {LOCK}
+        foreign = [n for n in entries if n not in owned and not owned_temp(n, saved)]
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise OutputError(
+                f"Output directory {self.output} holds files bertbatch did not write ({shown}); it writes only "
+                "into an empty directory or its own job. Choose another -o path, or move them away."
+            )
+        return saved, entries
+
+    def _prepare_directory(self, overwrite: bool, resume: bool) -> None:
+        saved, entries = self._check_owned()
+        if saved is not None and not (overwrite or resume):
+            raise InputError(
+                f"Output directory {self.output} holds a bertbatch job. Pass --resume to continue an interrupted "
+                "job, or --overwrite to replace it."
+            )
+        if self.remote:
+            self.lock = StoreLock(self.output, self.run_id)
         else:
-            refuse_existing(self.output, overwrite)
-            self.output.parent.mkdir(parents=True, exist_ok=True)
-
-    def _prepare_remote(self, overwrite: bool, resume: bool) -> None:
-        """The same refusals as on a local disk; parts are spooled locally and uploaded whole on commit."""
-        if self.directory:
-            if self.remote.list_files() and not (overwrite or resume):
-                raise InputError(
-                    f"Output directory {self.output} is not empty. Pass --resume to continue an interrupted job, "
-                    "or --overwrite to replace it."
-                )
+            make_directory(self.output, self.output)
+            self.lock = JobLock(self.output)
+        try:
+            saved, _ = self._check_owned()  # again, under the lock: the directory is now this process's
             if overwrite and not resume:
                 self.remove_outputs()
-        elif self.remote.exists() and not overwrite:
-            raise InputError(f"Output {self.output} exists. Pass --overwrite to replace it.")
-        self.spool = Path(tempfile.mkdtemp(prefix="bertbatch-spool-"))
+            else:  # temp files of a killed run of this job: never published, never needed
+                for name in self._entries():
+                    if owned_temp(name, saved):
+                        (self.output / name).unlink(missing_ok=True)
+        except BaseException:
+            self.release()
+            raise
 
-    def _remote_sink(self, name: str, schema: pa.Schema) -> Sink:
-        target = self.remote.child(name) if self.directory else self.remote
-        local = self.spool / name.replace("/", "%2F")
-        sink = SINKS[self.format](local, schema)
-
-        def publish(path: Path) -> None:
-            target.upload(path)  # visible in the store only once complete
-            path.unlink()
-
-        sink.publish = publish
-        return sink
-
-    def close_spool(self) -> None:
-        if self.spool is not None:
-            shutil.rmtree(self.spool, ignore_errors=True)
-
-    def open_file(self, relative: str, schema: pa.Schema) -> Sink:
-        """A sink for one file at `relative` (`key=value/.../part-...`) inside the output directory."""
-        if self.remote is not None:
-            return self._remote_sink(relative, schema)
-        *dirs, name = relative.split("/")
-        folder = self.output
-        for segment in dirs:
-            if segment in ("", ".", "..") or "=" not in segment:
-                raise InputError(f"Refusing to write {relative!r}: it escapes the output directory {self.output}.")
-            folder = folder / segment
-            if folder.is_symlink():
-                raise InputError(f"Refusing to write through the symlink {folder} in the output directory.")
-            folder.mkdir(exist_ok=True)
-        path = folder / name
-        for candidate in (path, path.with_name(f".{name}.tmp")):
-            if candidate.is_symlink():
-                raise InputError(f"Refusing to write through the symlink {candidate} in the output directory.")
-        return SINKS[self.format](path, schema)
-
-    def _child(self, name: str) -> Path:
-        """A file directly inside the output root: never through '..' or a symlink placed there."""
-        if "/" in name or name in ("", ".", ".."):
-            raise InputError(f"Refusing to write {name!r}: it escapes the output directory {self.output}.")
-        path = self.output / name
-        for candidate in (path, path.with_name(f".{name}.tmp")):
-            if candidate.is_symlink():
-                raise InputError(f"Refusing to write through the symlink {candidate} in the output directory.")
-        if path.resolve().parent != self.output.resolve():
-            raise InputError(f"Refusing to write {name!r}: it escapes the output directory {self.output}.")
-        return path
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+        if self.remote:
+            remove_spool(self.run_id)
 
     def open(self, schema: pa.Schema, file_index: int = 0, chunk: int = 0) -> Sink:
         """A sink for part (file_index, chunk) of a directory, or for the one output file."""
         if self.stdout:
             if self.format == "jsonl":
                 return JsonlSink(Path("-"), schema, stream=sys.stdout)
-            return CsvSink(Path("-"), schema, stream=sys.stdout.buffer)
+            return SINKS[self.format](Path("-"), schema, stream=sys.stdout.buffer)
         if self.partition_by:
             return PartitionedSink(self, schema, part_name(file_index, chunk, self.format))
-        if self.remote is not None:
-            return self._remote_sink(part_name(file_index, chunk, self.format) if self.directory else self.remote.name,
-                                     schema)
         if self.directory:
-            path = self._child(part_name(file_index, chunk, self.format))
+            path = self.output / part_name(file_index, chunk, self.format)
         else:
             path = self.output
-        return SINKS[self.format](path, schema)
+        return SINKS[self.format](path, schema, run_id=self.run_id)
+
+    def open_file(self, relative: str, schema: pa.Schema) -> Sink:
+        """A sink for a file in Hive `key=value` directories (`--partition-by`), made as needed, never via links."""
+        *dirs, name = relative.split("/")
+        if any(d in ("", ".", "..") or "=" not in d for d in dirs):
+            raise InputError(f"Refusing to write {relative!r}: it escapes the output directory {self.output}.")
+        if not self.remote:
+            folder = self.output
+            for segment in dirs:
+                folder = folder / segment
+                if folder.is_symlink():
+                    raise OutputError(f"Refusing to write through the link {folder} in the output directory.")
+                make_directory(folder, self.output)
+        return SINKS[self.format](self.output / relative, schema, run_id=self.run_id)
 
     def list_parts(self) -> list:
-        if self.remote is not None:
-            if not self.directory:
-                return [self.remote]
-            return [f for f in self.remote.list_files() if f.name.startswith("part-")]
-        if self.partition_by:
-            return sorted(self.output.glob("**/part-*"))
-        return sorted(self.output.glob("part-*")) if self.directory else [self.output]
+        if not self.directory:
+            return [self.output]
+        if self.remote:
+            return [f for f in self.output.list_files() if f.name.startswith("part-")]
+        return sorted(self.output.glob("**/part-*" if self.partition_by else "part-*"))
 
     @property
-    def rejects_path(self) -> Path | Location | None:
+    def rejects_path(self) -> Path | None:
+        if self.rejects_file is not None:
+            return self.rejects_file
         if self.stdout:
             return None
-        if self.remote is not None:
-            return self.remote.child("_rejects.csv") if self.directory else Location.of(self.remote.uri + ".rejects.csv")
-        return self.output / "_rejects.csv" if self.directory else self.output.with_name(self.output.name + ".rejects.csv")
-
-    def _part_rows(self, name: str) -> int | None:
-        """Rows in a committed part (Parquet footer), None when it is missing; -1 for text formats."""
-        if self.remote is not None:
-            part = self.remote.child(name)
-            if not part.exists():
-                return None
-            return pq.ParquetFile(part.open_input_file()).metadata.num_rows if self.format == "parquet" else -1
-        path = self.output / name
-        if not path.exists():
-            return None
-        return pq.ParquetFile(path).metadata.num_rows if self.format == "parquet" else -1
+        if self.remote and not self.directory:
+            return Location.of(self.output.uri + ".rejects.csv")
+        return self.output / REJECTS if self.directory else self.output.with_name(self.output.name + ".rejects.csv")
 
     def verify_parts(self, parts: list[dict]) -> int:
         """Rows in the committed part files, checked against the manifest (Parquet footers are read)."""
         total = 0
         for part in parts:
             for name, rows in (part.get("files") or {part["name"]: part["rows"]}).items():
-                path = f"{self.output}/{name}"
-                on_disk = self._part_rows(name)
-                if on_disk is None:
-                    raise InputError(f"Part {path} is listed in the manifest but missing; rerun with --overwrite.")
-                if on_disk >= 0 and on_disk != rows:
-                    raise InputError(f"Row conservation failed: {path} holds {on_disk} rows, manifest says {rows}.")
+                self._verify_file(self.output / name, rows)
             total += part["rows"]
         return total
 
+    def _verify_file(self, path, rows: int) -> None:
+        if not path.is_file() or path.is_symlink():
+            raise OutputError(f"Part {path} is listed in the manifest but missing; the job cannot continue. "
+                              "Start again with --overwrite.")
+        if self.format == "parquet":
+            try:
+                on_disk = pq.ParquetFile(path.open_input_file() if self.remote else path).metadata.num_rows
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise OutputError(f"Part {path} is damaged ({exc}); the job cannot continue. "
+                                  "Start again with --overwrite.") from None
+            if on_disk != rows:
+                raise OutputError(f"Part {path} holds {on_disk} rows, the manifest says {rows}; "
+                                  "start again with --overwrite.")
+
     def finish(self, rejects: list[dict], job, totals: dict) -> None:
         """Rejects file, then the final manifest, then `_SUCCESS`: the last things a job writes."""
-        if self.stdout:
-            return
-        if rejects:
-            write_csv_atomic(pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA), self.rejects_path)
+        if rejects and self.rejects_path is not None:
+            write_rejects(rejects, self.rejects_path, self.run_id)
         if job is not None:
             job.finish({k: totals[k] for k in ("rows_in", "rows_written", "rows_rejected", "rows_with_error")})
-        if self.directory:
-            if self.remote is not None:
-                self.remote.child("_SUCCESS").write_bytes(b"")
-            else:
-                (self.output / "_SUCCESS").write_text("")
-        self.close_spool()
+        self.finish_success()
+
+    def finish_success(self) -> None:
+        """`_SUCCESS`, unless it is there already (a finished job re-run changes nothing)."""
+        if not self.directory or (self.output / SUCCESS).is_file():
+            return
+        try:
+            mark_success(self.output, self.run_id)
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, f"Cannot write {self.output / SUCCESS}")) from None
 
     def remove_outputs(self) -> None:
-        """Remove what bertbatch writes in the output directory (and nothing else)."""
-        if self.remote is not None:
-            if self.directory:
-                for found in self.remote.list_files():
-                    if _ours(found.relative_to(self.remote)):
-                        found.delete()
+        """Remove what this job's manifest lists (parts, pending parts, its runs' temp files, the manifest,
+        rejects, `_SUCCESS`) and nothing else; never through a link (unlink removes the link itself)."""
+        if not (self.directory and self.output.is_dir()):
             return
-        if self.directory and self.output.is_dir():
-            for path in self.output.iterdir():
-                if (path.is_file() or path.is_symlink()) and path.name.startswith(OURS):
-                    path.unlink()
-                elif path.is_dir() and not path.is_symlink() and "=" in path.name:
-                    _remove_partition_dir(path)
+        saved = read_manifest(self.output)
+        owned = owned_names(saved) - {LOCK}
+        for name in self._entries():
+            if name in owned or owned_temp(name, saved):
+                (self.output / name).unlink(missing_ok=True)
+        if not self.remote:
+            _remove_empty_partition_dirs(self.output)
 
 
-def _remove_partition_dir(folder: Path) -> None:
-    """Parts inside a `key=value` directory (recursively), then the directory if that left it empty."""
+def _local_entries(folder: Path, prefix: str) -> list[str]:
+    """Names in `folder`; the files inside `key=value` directories (not links) as relative paths."""
+    names = []
     for path in folder.iterdir():
         if path.is_dir() and not path.is_symlink() and "=" in path.name:
-            _remove_partition_dir(path)
-        elif (path.is_file() or path.is_symlink()) and path.name.startswith(("part-", ".part-")):
-            path.unlink()
-    if not any(folder.iterdir()):
-        folder.rmdir()
+            names += _local_entries(path, f"{prefix}{path.name}/")
+        else:
+            names.append(prefix + path.name)
+    return names
+
+
+def _remove_empty_partition_dirs(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_dir() and not path.is_symlink() and "=" in path.name:
+            _remove_empty_partition_dirs(path)
+            if not any(path.iterdir()):
+                path.rmdir()
+
+
+def make_directory(path: Path, output: Path) -> None:
+    """mkdir -p, with a message naming the file that stands where a directory is needed."""
+    for ancestor in [path, *path.parents]:
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                raise OutputError(f"Cannot write {output}: {ancestor} is a file, not a directory. "
+                                  "Choose another -o path.")
+            break
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(describe_os_error(exc, f"Cannot create the directory for {output}")) from None
+
+
+def part_name(file_index: int, chunk: int, fmt: str) -> str:
+    return f"part-{file_index:05d}-{chunk:05d}{OUTPUT_SUFFIX[fmt]}"
 
 
 # ------------------------------------------------------------------------------------------ Hive partitions
@@ -416,11 +454,13 @@ def hive_segment(key: str, value: str | None) -> str:
 
 class PartitionedSink:
     """One part of a `--partition-by` job: one file per partition value (`k=v/.../part-FFFFF-CCCCC.ext`, the
-    partition columns in the path, not in the file), rows in input order. Each file is committed atomically;
-    the part is recorded in the manifest only after all of them."""
+    partition columns in the path, not in the file), rows in input order. Each file goes through the job
+    protocol (temp, pending, publish); the part is recorded, with its files, only after all of them."""
 
-    def __init__(self, layout: "OutputLayout", schema: pa.Schema, name: str):
-        self.layout, self.name, self.keys = layout, name, layout.partition_by
+    stream = None
+
+    def __init__(self, layout: OutputLayout, schema: pa.Schema, name: str):
+        self.layout, self.keys = layout, layout.partition_by
         missing = [k for k in self.keys if k not in schema.names]
         if missing:
             raise InputError(f"--partition-by columns {missing} are not in the output; its columns are {schema.names}.")
@@ -439,7 +479,7 @@ class PartitionedSink:
             groups.setdefault(key, []).append(row)
         data = batch.select(self.file_schema.names)
         for key, rows in groups.items():
-            relative = "/".join(hive_segment(k, v) for k, v in zip(self.keys, key)) + "/" + self.name
+            relative = "/".join(hive_segment(k, v) for k, v in zip(self.keys, key)) + "/" + self.path.name
             if relative not in self.sinks:
                 self.sinks[relative] = self.layout.open_file(relative, self.file_schema)
             self.sinks[relative].write(data.take(pa.array(rows, pa.int64())))
@@ -449,9 +489,12 @@ class PartitionedSink:
     def files(self) -> dict[str, int]:
         return {relative: sink.rows for relative, sink in self.sinks.items()}
 
-    def commit(self) -> None:
+    def finish_writing(self) -> None:
         for sink in self.sinks.values():
-            sink.commit()
+            sink.finish_writing()
+
+    def pieces(self) -> list[tuple]:
+        return [(sink.tmp, sink.path, relative) for relative, sink in self.sinks.items()]
 
     def abort(self) -> None:
         for sink in self.sinks.values():
@@ -460,7 +503,8 @@ class PartitionedSink:
 
 # -------------------------------------------------------------------------------------- parts and the manifest
 class Writer:
-    """Owns the open sink: switches parts, commits them, records them in the job manifest."""
+    """Owns the open sink: switches parts, commits them (temp -> pending in the manifest -> publish ->
+    recorded), and turns OS failures into OutputError naming the file."""
 
     def __init__(self, layout: OutputLayout, job: Job | None, kept: pa.Schema, scorer: Scorer, config, metadata):
         self.layout, self.job, self.config = layout, job, config
@@ -483,13 +527,21 @@ class Writer:
             self._commit(rejects, last=False)
         if self.sink is None:
             self.sink, self.key = self.layout.open(self.schema, *key), key
-        self.sink.write(out.cast(self.schema) if out.schema != self.schema else out)
+        try:
+            self.sink.write(out.cast(self.schema) if out.schema != self.schema else out)
+        except BrokenPipeError:
+            raise  # `-o - | head`: the CLI ends quietly
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, f"Cannot write {self._target()}")) from None
         self.rows_this_run += out.num_rows
         self.real += result.real_tokens
         self.padded += result.padded_tokens
         errors = sum(e is not None for e in result.errors)
         self.errors += errors
         self.part_errors += errors
+
+    def _target(self) -> str:
+        return "stdout" if self.layout.stdout else str(self.sink.path)
 
     def _new_rejects(self, rejects) -> list[dict]:
         if rejects is None:
@@ -500,7 +552,17 @@ class Writer:
 
     def _commit(self, rejects, last: bool) -> None:
         sink, (index, chunk) = self.sink, self.key
-        sink.commit()
+        try:
+            sink.finish_writing()
+            if sink.stream is None:
+                for tmp, final, name in sink.pieces():
+                    if self.job:
+                        self.job.intend(name)
+                    publish(tmp, final)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise OutputError(describe_os_error(exc, f"Cannot write {self._target()}")) from None
         self.sink = self.key = None
         if self.job:
             self.job.record(sink.path.name, index, chunk, sink.rows, self.part_errors, self._new_rejects(rejects), last,
@@ -511,7 +573,8 @@ class Writer:
         if self.sink is not None:
             self._commit(rejects, last=True)
         elif self.key is None and not self.layout.directory and self.rows_this_run == 0:
-            self.layout.open(self.schema, 0, 0).commit()  # no rows at all: a header-only output, full schema
+            self.sink, self.key = self.layout.open(self.schema, 0, 0), (0, 0)  # no rows: a header-only output
+            self._commit(rejects, last=True)
         if self.job:
             self._new_rejects(rejects)
             all_rejects = self.job.all_rejects()
@@ -530,9 +593,6 @@ class Writer:
         return totals
 
     def abort(self) -> None:
-        try:
-            if self.sink is not None:
-                self.sink.abort()
-                self.sink = None
-        finally:
-            self.layout.close_spool()
+        if self.sink is not None:
+            self.sink.abort()
+            self.sink = None

@@ -77,12 +77,16 @@ class InputFile:
         return str(self.path) if self.remote is None else self.remote.open_input_stream()
 
     def identity(self) -> dict:
-        """Path, size and modification time: what a resumed job compares."""
+        """Path (or URI), size, modification time and SHA-256 of the bytes: what a resumed job compares."""
         if self.remote is None:
+            from .manifest import sha256_file
+
             stat = self.path.stat()
-            return {"path": str(self.path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            return {"path": str(self.path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                    "sha256": sha256_file(self.path)}
         info = self.remote.info()
-        return {"path": self.remote.uri, "size": info.size, "mtime_ns": info.mtime_ns}
+        return {"path": self.remote.uri, "size": info.size, "mtime_ns": info.mtime_ns,
+                "sha256": self.remote.sha256()}
 
 
 def hive_partitions(relative_dirs: list[str]) -> tuple[tuple[str, str | None], ...]:
@@ -183,9 +187,18 @@ def csv_delimiter(path: Path) -> str:
     return "\t" if str(path).lower().endswith((".tsv", ".tsv.gz")) else ","
 
 
-def csv_options(path: Path, column_names: list[str] | None = None, invalid_row_handler=None, block_size: int = 1 << 22):
-    """Parse/convert options: quoted newlines allowed, every column a non-null string."""
-    read = csv.ReadOptions(block_size=block_size, use_threads=True)
+CSV_BLOCK = 1 << 22  # 4 MiB; a row larger than a block is retried with a larger one (see _csv_batches)
+CSV_MAX_BLOCK = 1 << 30
+
+
+def csv_options(path: Path, column_names: list[str] | None = None, invalid_row_handler=None,
+                block_size: int = CSV_BLOCK):
+    """Parse/convert options: quoted newlines allowed, every column a non-null string.
+
+    Parsing is serial (`use_threads=False`): pyarrow only knows a malformed row's line number then
+    (`InvalidRow.number` is None when blocks are parsed in parallel), and the line is the row's identity.
+    Scoring, not parsing, bounds the speed."""
+    read = csv.ReadOptions(block_size=block_size, use_threads=False)
     parse = csv.ParseOptions(
         delimiter=csv_delimiter(path), newlines_in_values=True, invalid_row_handler=invalid_row_handler
     )
@@ -236,13 +249,22 @@ def read_whole_table(inputs, columns: list[str] | None = None) -> pa.Table:
 
 # --------------------------------------------------------------------------------------------- streaming sources
 class Rejects:
-    """Unreadable rows kept aside with --on-bad-rows reject: (file, line/row, reason, raw text)."""
+    """Unreadable rows kept aside with --on-bad-rows reject: (file, where, reason, raw text).
+
+    `where` is the row's identity, unique in its file and the same on every read: `record N`, the Nth
+    record of the CSV file counting the header as record 1 and every non-blank record after it (ragged or
+    not); it is the line number when no cell spans lines and no line is blank. A row met again (a retried
+    read, a resumed job) is kept once."""
 
     def __init__(self):
         self.rows: list[dict] = []
+        self.keys: set = set()
 
     def add(self, file, where, reason, raw):
-        self.rows.append({"file": str(file), "where": str(where), "reason": reason, "raw": raw})
+        key = (str(file), str(where))
+        if key not in self.keys:
+            self.keys.add(key)
+            self.rows.append({"file": key[0], "where": key[1], "reason": reason, "raw": raw})
 
     def __len__(self):
         return len(self.rows)
@@ -302,11 +324,34 @@ def _parquet_batches(path, columns, rows):
         raise InputError(f"{path}: cannot read Parquet ({exc}).") from None
 
 
+class _BlockTooSmall(Exception):
+    pass
+
+
 def _csv_batches(path, columns, rows, rejects):
+    """CSV record batches. A row larger than the block (pyarrow: "straddling object") restarts the read with
+    a 4x larger block, skipping the rows already handed out; the rows, their order and identities are the
+    same whatever the block size."""
+    block_size, done = CSV_BLOCK, [0]  # done[0]: well-formed data rows already handed out (or rejected)
+    while True:
+        try:
+            yield from _csv_pass(path, columns, rows, rejects, block_size, done)
+            return
+        except _BlockTooSmall:
+            if block_size >= CSV_MAX_BLOCK:
+                raise InputError(f"{path}, after data row {done[0]}: a row larger than {CSV_MAX_BLOCK >> 20} MiB "
+                                 "cannot be read. Split the cell or drop the row.") from None
+            block_size *= 4
+
+
+def _csv_pass(path, columns, rows, rejects, block_size, done):
     ragged: list = []
+    ragged_records: list[int] = []  # record numbers of the ragged rows met in this pass, increasing
 
     def on_invalid_row(row):
-        where = f"line {row.number}" if row.number is not None else "unknown line"
+        # serial parsing: pyarrow numbers every record (header = 1, blank lines skipped)
+        ragged_records.append(row.number)
+        where = f"record {row.number}"
         reason = f"expected {row.expected_columns} columns, found {row.actual_columns}"
         if rejects is None:
             ragged.append((where, reason, row.text))
@@ -315,29 +360,47 @@ def _csv_batches(path, columns, rows, rejects):
         return "skip"
 
     header = csv_header(path)
-    read, parse, convert = csv_options(path, None, on_invalid_row)
+    read, parse, convert = csv_options(path, None, on_invalid_row, block_size)
     convert.column_types = {name: pa.binary() for name in header}
     convert.include_columns = columns
-    done = 0
+    seen = 0  # well-formed data rows parsed in this pass
     try:
         with csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=convert) as reader:
             for block in reader:
-                block = _decode_utf8(path, block, done, rejects)
-                for start in range(0, block.num_rows, rows):
-                    piece = block.slice(start, rows)
-                    done += piece.num_rows
-                    yield piece
+                start, seen = seen, seen + block.num_rows
+                if seen <= done[0]:
+                    continue  # handed out by an earlier pass
+                if start < done[0]:
+                    block, start = block.slice(done[0] - start), done[0]
+                block = _decode_utf8(path, block, lambda i: _record(start + i + 1, ragged_records), rejects)
+                done[0] = seen
+                for first in range(0, block.num_rows, rows):
+                    yield block.slice(first, rows)
     except pa.ArrowInvalid as exc:
         if ragged:
             where, reason, text = ragged[0]
             raise InputError(f"{path}, {where}: {reason}: {text[:200]!r}. Fix the row or use --on-bad-rows reject.") from None
-        raise InputError(f"{path}: cannot read CSV after {done} data rows: {exc}") from None
+        if "straddling object" in str(exc):
+            raise _BlockTooSmall() from None
+        raise InputError(f"{path}: cannot read CSV after {done[0]} data rows: {exc}") from None
     except (OSError, EOFError) as exc:  # truncated gzip, I/O errors
-        raise InputError(f"{path}: read failed after {done} data rows: {exc}") from None
+        raise InputError(f"{path}: read failed after {done[0]} data rows: {exc}") from None
 
 
-def _decode_utf8(path, block: pa.RecordBatch, offset: int, rejects: Rejects | None) -> pa.RecordBatch:
-    """Cast every bytes column to string; find and name (or reject) rows that are not valid UTF-8."""
+def _record(ordinal: int, ragged_records: list[int]) -> int:
+    """Record number of the `ordinal`-th well-formed data row: after the header and the ragged rows before it."""
+    record = ordinal + 1
+    for number in ragged_records:
+        if number > record:
+            break
+        record += 1
+    return record
+
+
+def _decode_utf8(path, block: pa.RecordBatch, record_of, rejects: Rejects | None) -> pa.RecordBatch:
+    """Cast every bytes column to string; find and name (or reject) rows that are not valid UTF-8.
+
+    `record_of(i)`: the record number (the rows' identity) of row i of this block."""
     try:
         return pa.RecordBatch.from_arrays([a.cast(pa.string()) for a in block.columns], names=block.schema.names)
     except pa.ArrowInvalid:
@@ -352,23 +415,30 @@ def _decode_utf8(path, block: pa.RecordBatch, offset: int, rejects: Rejects | No
     if rejects is None:
         row, column = min(bad.items())
         raise InputError(
-            f"{path}, data row {offset + row + 1}, column '{column}': invalid UTF-8. "
+            f"{path}, record {record_of(row)}, column '{column}': invalid UTF-8. "
             "Re-encode the file as UTF-8 or use --on-bad-rows reject."
         )
     for row, column in sorted(bad.items()):
         raw = block.column(block.schema.names.index(column))[row].as_py()
-        rejects.add(path, f"data row {offset + row + 1}", f"invalid UTF-8 in column '{column}'", raw.decode("utf-8", "replace"))
+        rejects.add(path, f"record {record_of(row)}", f"invalid UTF-8 in column '{column}'", raw.decode("utf-8", "replace"))
     keep = pa.array([i not in bad for i in range(block.num_rows)])
-    return _decode_utf8(path, block.filter(keep), offset, None)
+    return _decode_utf8(path, block.filter(keep), record_of, None)
 
 
 # ------------------------------------------------------------------------------------------------ input checks
 def check_inputs(files: list[Path], config: ScoreConfig) -> tuple[list[str], pa.Schema]:
-    """Check every input file before any output: text column present and textual, same kept schema."""
+    """Check every input file before the first row is scored: readable header or footer, unique column names,
+    rows present (with --on-bad-rows error), text column present and textual, the same kept schema."""
     reference = None
     needed = config.text_columns
     for path in files:
         schema = input_schema(path)
+        duplicates = sorted({name for name in schema.names if schema.names.count(name) > 1})
+        if duplicates:
+            raise InputError(f"{path} has duplicate column names {duplicates}; columns are {schema.names}. "
+                             "Rename them so each column has one name.")
+        if config.on_bad_rows == "error" and not has_rows(path):
+            raise InputError(f"{path} has no data rows (empty or header only). Remove it or use --on-bad-rows reject.")
         for column in needed:
             if column not in schema.names:
                 raise InputError(f"Column '{column}' not found in {path}; columns are {schema.names}. Use --text-column NAME.")
@@ -395,3 +465,23 @@ def total_rows(files: list[Path]) -> int | None:
     if all(str(f).lower().endswith((".parquet", ".pq")) for f in files):
         return sum(pq.ParquetFile(_random(f)).metadata.num_rows for f in files)
     return None
+
+
+def has_rows(path: Path) -> bool:
+    """Whether a file holds at least one data row (Parquet: its footer; CSV: the first records parsed)."""
+    if file_format(path) == "parquet":
+        try:
+            return pq.ParquetFile(_random(path)).metadata.num_rows > 0
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{path}: not a readable Parquet file ({exc}).") from None
+    read, parse, convert = csv_options(path, invalid_row_handler=lambda row: "skip", block_size=1 << 16)
+    convert.column_types = {name: pa.binary() for name in csv_header(path)}
+    try:
+        with csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=convert) as reader:
+            return any(batch.num_rows for batch in reader)
+    except pa.ArrowInvalid as exc:
+        if "straddling object" in str(exc):
+            return True  # a row larger than this probe's block: there is a row
+        raise InputError(f"{path}: cannot read CSV: {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read: {exc}") from None

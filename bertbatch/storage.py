@@ -125,6 +125,9 @@ class Location:
     def __str__(self) -> str:
         return self.uri
 
+    def __truediv__(self, relative: str) -> "Location":
+        return self.child(relative)
+
     def child(self, relative: str) -> "Location":
         relative = relative.strip("/")
         return Location(self.fs, f"{self.path.rstrip('/')}/{relative}", f"{self.uri.rstrip('/')}/{relative}")
@@ -170,6 +173,13 @@ class Location:
         with self.fs.open_input_stream(self.path, compression=None) as fh:
             return fh.read()
 
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        with self.fs.open_input_stream(self.path, compression=None) as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
     # -- publishing: visible whole or not at all
     def write_bytes(self, data: bytes) -> None:
         """Local disk: temp file + fsync + rename. Store: one upload, visible when it completes."""
@@ -180,9 +190,24 @@ class Location:
             out.write(data)
 
     def upload(self, local_file: Path) -> None:
-        """Publish a finished local file here (one C++ call: an interrupt cannot stop it half-way)."""
-        pafs.copy_files(str(local_file), self.path, source_filesystem=pafs.LocalFileSystem(),
-                        destination_filesystem=self.fs)
+        """Publish a finished local file here. All its bytes go in one C++ call (an interrupt cannot land
+        half-way: a stream closed early would complete a partial object), then the upload is completed."""
+        if os.path.getsize(local_file) == 0:
+            self.write_bytes(b"")
+            return
+        with pa.memory_map(str(local_file)) as source:
+            data = source.read_buffer()
+            with self.fs.open_output_stream(self.path) as out:
+                out.write(data)
+
+    def is_symlink(self) -> bool:  # the same questions as a local Path: a store has no links
+        return False
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def unlink(self, missing_ok: bool = True) -> None:
+        self.delete()
 
     def delete(self) -> None:
         try:

@@ -101,9 +101,11 @@ class Bucket:
         return self.server.client().get_object(Bucket=self.name, Key=key)["Body"].read()
 
     def listing(self, prefix: str = "") -> dict[str, tuple[int, str, object]]:
-        """key -> (size, ETag, LastModified) of every object under `prefix`."""
+        """key -> (size, ETag, LastModified) of every object under `prefix`; not the empty `dir/` markers
+        pyarrow's S3 client leaves when it deletes a directory's last file (no reader takes them for data)."""
         pages = self.server.client().get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix)
-        return {o["Key"]: (o["Size"], o["ETag"], o["LastModified"]) for page in pages for o in page.get("Contents", [])}
+        return {o["Key"]: (o["Size"], o["ETag"], o["LastModified"]) for page in pages for o in page.get("Contents", [])
+                if not (o["Key"].endswith("/") and o["Size"] == 0)}
 
     def upload_dir(self, local, prefix: str) -> None:
         from pathlib import Path

@@ -178,7 +178,7 @@ def _bad_inputs(tmp_path):
     [
         ("missing.csv", r"Column 'text' not found in .*missing.csv; columns are \['id', 'body'\]"),
         ("ints.parquet", r"Column 'text' in .*ints.parquet has type int64"),
-        ("utf8.csv", r"utf8.csv, data row 2, column 'text': invalid UTF-8"),
+        ("utf8.csv", r"utf8.csv, record 3, column 'text': invalid UTF-8"),
         ("ragged.csv", r"ragged.csv, .*expected 2 columns, found 4"),
         ("empty.csv", r"empty.csv is empty"),
         ("header.csv", r"header.csv has no data rows"),

@@ -22,7 +22,7 @@ from pyarrow import csv
 
 from bertbatch import score_file
 from bertbatch.cli import cli
-from bertbatch.errors import InputError, ModelError
+from bertbatch.errors import InputError, ModelError, OutputError
 from conftest import make_texts
 from s3server import s3, s3_server  # noqa: F401 - fixtures
 
@@ -140,16 +140,18 @@ def test_finished_s3_job_rerun_changes_nothing_and_refusals_hold(s3, tmp_path, t
     assert summary["resumed"] and summary["rows_this_run"] == 0 and summary["rows_written"] == 400
     assert s3.listing("out/") == before  # same keys, sizes, ETags and modification times
 
-    with pytest.raises(InputError, match="not empty. Pass --resume to continue.*--overwrite"):
+    with pytest.raises(InputError, match="holds a bertbatch job. Pass --resume to continue.*--overwrite"):
         score_file(s3.uri("in"), s3.uri("out"), tiny_exported, rows_per_part=150)
     with pytest.raises(InputError, match=r"Cannot resume .*--rows-per-part \(150 -> 100\)"):
         score_file(s3.uri("in"), s3.uri("out"), tiny_exported, rows_per_part=100, resume=True)
     with pytest.raises(InputError, match="would overwrite the input"):
         score_file(s3.uri("in"), s3.uri("in"), tiny_exported, overwrite=True)
-    s3.put("out/notes.txt", b"not bertbatch's")  # --overwrite removes only what bertbatch wrote
     score_file(s3.uri("in"), s3.uri("out"), tiny_exported, rows_per_part=400, overwrite=True)
-    after = s3.listing("out/")
-    assert "out/notes.txt" in after and "out/part-00000-00001.parquet" not in after
+    after = s3.listing("out/")  # --overwrite removed what the manifest listed, then wrote the new job
+    assert "out/part-00000-00001.parquet" not in after and "out/part-00001-00000.parquet" in after
+    s3.put("out/notes.txt", b"not bertbatch's")  # a file bertbatch did not write: the job is refused
+    with pytest.raises(OutputError, match="holds files bertbatch did not write \\(notes.txt\\)"):
+        score_file(s3.uri("in"), s3.uri("out"), tiny_exported, rows_per_part=400, overwrite=True)
     assert s3.get("out/notes.txt") == b"not bertbatch's"
 
 
