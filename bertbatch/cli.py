@@ -193,6 +193,7 @@ def _model_dir_or_uri(ctx, param, value):
 @click.option("--output", "-o", required=True,
               help="Output file (.parquet/.csv/.jsonl), directory, or - for stdout; a path or a store URI (s3://...).")
 @click.option("--partition-by", help="Comma-separated kept columns: directory output in Hive key=value directories.")
+@click.option("--partition-types", help="Types of input partition keys, e.g. dt:date32,year:int32 (default: strings).")
 @click.option("--model-cache", type=click.Path(file_okay=False),
               help="Where a MODEL_DIR given as a store URI is copied once (default: ~/.cache/bertbatch/models).")
 @click.option("--text-column", default="text", show_default=True)
@@ -225,7 +226,7 @@ def _model_dir_or_uri(ctx, param, value):
 @click.option("--master", default="local[*]", show_default=True, help="Spark master URL (with --engine spark).")
 @click.option("--silent", is_flag=True, help="No progress bar and no summary.")
 @_friendly
-def score(model_dir, inputs, output, keep, silent, engine, master, partition_by, **options):
+def score(model_dir, inputs, output, keep, silent, engine, master, partition_by, partition_types, **options):
     """Label CSV/Parquet rows with MODEL_DIR's ONNX graph; one output row per input row, in order.
 
     MODEL_DIR, INPUTS and -o take local paths or store URIs (s3://, gs://, abfs://, hdfs://, fsspec schemes)."""
@@ -233,6 +234,7 @@ def score(model_dir, inputs, output, keep, silent, engine, master, partition_by,
     from .pipeline import score_file
 
     options["partition_by"] = _csv_list(partition_by)
+    options["partition_types"] = _csv_list(partition_types)
     if engine == "spark":
         if options["partition_by"]:
             raise click.UsageError("--partition-by is available with --engine local only.")

@@ -34,7 +34,7 @@ FIXED_NAMES = (MANIFEST, SUCCESS, REJECTS, LOCK)
 RESULT_OPTIONS = (
     "text_column", "text_pair_column", "keep", "max_length", "probs", "top_k", "logits", "threshold", "long_text",
     "stride", "aggregate", "output_format", "on_bad_rows", "rows_per_part", "max_tokens", "max_batch_rows",
-    "window_rows", "partition_by",
+    "window_rows", "partition_by", "partition_types",
 )
 
 
@@ -226,7 +226,8 @@ def fingerprint(files: list[Path], model_files: dict[str, str], graph: str, prov
     graph, provider, and every option that changes results."""
     options = {k: v for k, v in asdict(config).items() if k in RESULT_OPTIONS}
     options["keep"] = list(options["keep"]) if options["keep"] is not None else None
-    options["partition_by"] = list(options["partition_by"]) if options["partition_by"] is not None else None
+    for key in ("partition_by", "partition_types"):
+        options[key] = list(options[key]) if options[key] is not None else None
     options["output_format"] = fmt
     options["max_length"] = max_length  # resolved: the model's when not given
     inputs = [f.identity() for f in files]  # path or URI, size, mtime, sha256 of the bytes (source.InputFile)

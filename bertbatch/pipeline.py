@@ -36,7 +36,7 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
     """
     config = replace(config or ScoreConfig(), **overrides)
     started = time.time()
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, config.partition_type_map)
     input_is_dir = input_is_directory(inputs)
     if str(output) == "-" and config.on_bad_rows == "reject" and not config.rejects:
         raise InputError("-o - with --on-bad-rows reject needs --rejects FILE: stdout carries the scored rows only, "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import glob as globlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -55,6 +55,20 @@ class InputFile:
     path: Path | None = None
     remote: Location | None = None
     partitions: tuple[tuple[str, str | None], ...] = ()
+    types: tuple[tuple[str, str], ...] = ()  # partition key -> pyarrow type name (--partition-types); else string
+
+    def partition_values(self) -> dict[str, pa.Scalar]:
+        """Each partition key's value as a scalar of its type; a value the type cannot hold is an InputError."""
+        types = dict(self.types)
+        values = {}
+        for key, value in self.partitions:
+            kind = partition_type(types.get(key, "string"))
+            try:
+                values[key] = pa.scalar(value, pa.string()).cast(kind)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise InputError(f"{self}: partition value {key}={value!r} is not a {kind}; fix the directory name "
+                                 f"or --partition-types.") from None
+        return values
 
     def __str__(self) -> str:
         return str(self.path) if self.remote is None else str(self.remote)
@@ -87,6 +101,14 @@ class InputFile:
         info = self.remote.info()
         return {"path": self.remote.uri, "size": info.size, "mtime_ns": info.mtime_ns,
                 "sha256": self.remote.sha256()}
+
+
+def partition_type(name: str) -> pa.DataType:
+    try:
+        return pa.type_for_alias(name)
+    except ValueError:
+        raise InputError(f"--partition-types: unknown type {name!r}; use a pyarrow type name such as string, int32, "
+                         "int64, float64, bool, date32 or timestamp[s].") from None
 
 
 def hive_partitions(relative_dirs: list[str]) -> tuple[tuple[str, str | None], ...]:
@@ -148,9 +170,25 @@ def _expand_uri(item: str) -> list[InputFile]:
     return found
 
 
-def expand_inputs(inputs: str | Path | list | tuple) -> list[InputFile]:
+def expand_inputs(inputs: str | Path | list | tuple, partition_types: dict[str, str] | None = None) -> list[InputFile]:
     """Files behind one or more inputs: a file, a directory of part files (recursive, sorted, Hive
-    `key=value` directories read as partition values), or a glob; each a local path or a store URI."""
+    `key=value` directories read as partition values, strings unless `partition_types` names a type),
+    or a glob; each a local path or a store URI."""
+    files = _expand(inputs)
+    if partition_types:
+        keys = {k for f in files for k, _ in f.partitions}
+        unknown = sorted(set(partition_types) - keys)
+        if unknown:
+            raise InputError(f"--partition-types names {unknown}, but the inputs have no such key=value directories "
+                             f"(their partition keys: {sorted(keys)}).")
+        for name in partition_types.values():
+            partition_type(name)
+        files = [replace(f, types=tuple((k, partition_types[k]) for k, _ in f.partitions if k in partition_types))
+                 for f in files]
+    return files
+
+
+def _expand(inputs) -> list[InputFile]:
     if isinstance(inputs, (str, Path)):
         inputs = [inputs]
     files: list[InputFile] = []
@@ -287,10 +325,11 @@ def input_schema(path: InputFile | Path) -> pa.Schema:
             raise InputError(f"{path}: not a readable Parquet file ({exc}).") from None
     else:
         schema = pa.schema([(name, pa.string()) for name in csv_header(path)])
-    for key, _ in getattr(path, "partitions", ()):
+    values = path.partition_values() if isinstance(path, InputFile) else {}
+    for key, value in values.items():
         if key in schema.names:
             raise InputError(f"{path}: column '{key}' is also a Hive partition directory ({key}=...); rename one of them.")
-        schema = schema.append(pa.field(key, pa.string()))
+        schema = schema.append(pa.field(key, value.type))
     return schema
 
 
@@ -300,7 +339,7 @@ def read_batches(path: InputFile | Path, columns: list[str], rows: int, rejects:
     CSV is read as bytes and then checked as UTF-8, so a bad row is reported with its row number
     (or sent to `rejects`). Ragged CSV rows likewise. Errors name the file and the row.
     """
-    partitions = dict(getattr(path, "partitions", ()))
+    partitions = path.partition_values() if isinstance(path, InputFile) else {}
     stored = [c for c in columns if c not in partitions]
     if file_format(path) == "parquet":
         batches = _parquet_batches(path, stored, rows)
@@ -310,8 +349,7 @@ def read_batches(path: InputFile | Path, columns: list[str], rows: int, rejects:
         yield from batches
         return
     for batch in batches:
-        arrays = [pa.array([partitions[c]] * batch.num_rows, pa.string()) if c in partitions else batch.column(c)
-                  for c in columns]
+        arrays = [pa.repeat(partitions[c], batch.num_rows) if c in partitions else batch.column(c) for c in columns]
         yield pa.RecordBatch.from_arrays(arrays, names=columns)
 
 

@@ -109,3 +109,18 @@ def test_partition_by_needs_a_directory_and_known_columns(tmp_path, tiny_exporte
                    tiny_exported, partition_by=("id",))
     with pytest.raises(InputError, match=r"--partition-by columns \['nope'\] are not in the output"):
         score_file(tmp_path / "in", tmp_path / "o2", tiny_exported, partition_by=("nope",))
+
+
+def test_partition_types_type_the_partition_columns(tmp_path, tiny_exported):
+    _partitioned_input(tmp_path / "in")
+    out = tmp_path / "out.parquet"
+    done = CliRunner().invoke(cli, ["score", str(tiny_exported), str(tmp_path / "in"), "-o", str(out),
+                                    "--partition-types", "dt:date32", "--silent"])
+    assert done.exit_code == 0, done.output
+    table = pq.read_table(out)
+    assert table.schema.field("dt").type == pa.date32() and table.schema.field("region").type == pa.string()
+    assert sorted({str(d) for d in table["dt"].to_pylist()}) == ["2024-01-01", "2024-01-02"]
+    with pytest.raises(InputError, match=r"partition value region='eu' is not a int32"):
+        score_file(tmp_path / "in", tmp_path / "o2.parquet", tiny_exported, partition_types=("region:int32",))
+    with pytest.raises(InputError, match=r"--partition-types names \['year'\], but the inputs have no such"):
+        score_file(tmp_path / "in", tmp_path / "o3.parquet", tiny_exported, partition_types=("year:int32",))
