@@ -1,5 +1,5 @@
 """Object stores: inputs, outputs, jobs and model directories as s3:// URIs against a real S3-protocol server
-(moto in server mode, a separate process on 127.0.0.1; see s3server.py). Credentials reach bertbatch only
+(moto in server mode, a separate process on 127.0.0.1; s3server.py, fixtures `s3_server` and `s3`). Credentials reach bertbatch only
 through the standard AWS environment variables, never through its options."""
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from bertbatch import score_file
 from bertbatch.cli import cli
 from bertbatch.errors import InputError, ModelError, OutputError
 from conftest import make_texts
-from s3server import s3, s3_server  # noqa: F401 - fixtures
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
