@@ -6,6 +6,7 @@ The only module that imports click. Every failure becomes a one-line message and
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -65,9 +66,11 @@ def _csv_list(value):
 @click.group()
 @click.version_option(__version__, prog_name="bertbatch")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-def cli(verbose, quiet):
+@click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress bars, tables or summaries.")
+@click.pass_context
+def cli(ctx, verbose, quiet):
     """Fine-tune, export and batch-score BERT-family text classifiers."""
+    ctx.obj = {"quiet": quiet}
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -97,17 +100,85 @@ def cli(verbose, quiet):
 @click.option("--early-stopping-patience", default=2, show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pytorch_model.bin (pickle) base models.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no epoch table (as bertbatch -q).")
+@click.pass_context
 @_friendly
-def train(data, output, labels, **options):
+def train(ctx, data, output, labels, **options):
     """Fine-tune a classifier on a labeled CSV/Parquet table."""
     from .config import TrainConfig
     from .train import fine_tune
 
-    manifest = fine_tune(data, output, TrainConfig(labels=_csv_list(labels), **options))
+    options["quiet"] = quiet = options["quiet"] or (ctx.obj or {}).get("quiet", False)
+    report = None if quiet else _TrainReport()
+    try:
+        with _quiet_transformers(quiet):
+            manifest = fine_tune(data, output, TrainConfig(labels=_csv_list(labels), **options), progress=report)
+    finally:
+        if report:
+            report.close()
     metrics = manifest["train"]["test_metrics"]
     headline = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-    click.echo(f"Wrote {output} (labels {manifest['labels']}); test {json.dumps(headline)}")
+    if not quiet:
+        click.echo(f"Wrote {output} (labels {manifest['labels']}); test {json.dumps(headline)}")
+
+
+@contextlib.contextmanager
+def _quiet_transformers(quiet: bool):
+    """-q: transformers' own warnings (a new classification head, ...) are not errors; silenced meanwhile."""
+    if not quiet:
+        yield
+        return
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+class _TrainReport:
+    """One progress bar for the training steps (on a terminal) and one table row per epoch, on stderr."""
+
+    COLUMNS = ("epoch", "train_loss", "loss", "accuracy", "subset_accuracy", "macro_f1")
+
+    def __init__(self):
+        self.total = None
+        self.tty = sys.stderr.isatty()
+        self.header = False
+
+    def __call__(self, event: str, value):
+        if event == "steps":
+            self.total = value
+        elif event == "step" and self.tty and self.total:
+            width = 30
+            done = int(width * value / self.total)
+            sys.stderr.write(f"\rtraining [{'#' * done}{'.' * (width - done)}] {value}/{self.total} steps")
+            sys.stderr.flush()
+        elif event == "epoch":
+            self._row(value)
+
+    def _row(self, row: dict):
+        columns = [c for c in self.COLUMNS if c in row]
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+        if not self.header:
+            self.columns = columns
+            click.echo("  ".join(f"{('val_' + c) if c in ('loss', 'accuracy', 'macro_f1') else c:>12}"
+                                 for c in columns), err=True)
+            self.header = True
+        cells = [row.get(c) for c in self.columns]
+        click.echo("  ".join(f"{v:>12.4f}" if isinstance(v, float) else f"{v!s:>12}" for v in cells), err=True)
+
+    def close(self):
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
 
 
 @cli.command()

@@ -45,7 +45,7 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
     scorer = _open_scorer(local_model_dir(model_dir, config.model_cache), config, runner)
     fmt = config.output_format or ("csv" if str(output) == "-" else output_format(str(output), None))
     graph_path = None if scorer.graph in ("torch", "fake", "custom") else Path(scorer.graph)
-    weights = graph_path or (scorer.model.path / "model.safetensors" if scorer.graph == "torch" else None)
+    weights = graph_path or (_torch_weights(scorer.model.path) if scorer.graph == "torch" else None)
     model_files = model_files_digest(scorer.model.path, weights)
     metadata = {
         "bertbatch.version": _version(),
@@ -93,6 +93,13 @@ def _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files
             layout.remove_outputs()  # bad data fails again on retry: leave nothing under the final name
         raise
     return _summary(totals, scorer, metadata, layout, started, resumed=config.resume)
+
+
+def _torch_weights(model_path: Path) -> Path | None:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (model_path / name).is_file():
+            return model_path / name
+    return None
 
 
 def _open_scorer(model_dir, config: ScoreConfig, runner) -> Scorer:

@@ -410,7 +410,7 @@ def _csv_pass(path, columns, rows, rejects, block_size, done):
                     continue  # handed out by an earlier pass
                 if start < done[0]:
                     block, start = block.slice(done[0] - start), done[0]
-                block = _decode_utf8(path, block, lambda i: _record(start + i + 1, ragged_records), rejects)
+                block = _decode_utf8(path, block, lambda i, start=start: _record(start + i + 1, ragged_records), rejects)
                 done[0] = seen
                 for first in range(0, block.num_rows, rows):
                     yield block.slice(first, rows)

@@ -260,8 +260,7 @@ def _load(tmp_path, tiny_exported, rows):
     start = time.time()
     summary = score_file(src, tmp_path / "out", tiny_exported, rows_per_part=250_000)
     assert summary["rows_in"] == summary["rows_written"] == rows
-    ids = pq.read_table(sorted((tmp_path / "out").glob("part-*")), columns=["id"]) if False else \
-        pa.concat_tables([pq.read_table(p, columns=["id"]) for p in sorted((tmp_path / "out").glob("part-*"))])
+    ids = pa.concat_tables([pq.read_table(p, columns=["id"]) for p in sorted((tmp_path / "out").glob("part-*"))])
     assert np.array_equal(ids["id"].to_numpy(), np.arange(rows))
     return time.time() - start
 

@@ -105,8 +105,7 @@ def test_directory_input_gives_part_files_and_success_last(tmp_path, tiny_model,
     summary = score_file(src, out, tiny_model, runner=fake, logits=True)
     parts = sorted(out.glob("part-*.parquet"))
     assert len(parts) == 3 and (out / "_SUCCESS").exists()
-    logits = pq.read_table(parts).column("logits").to_pylist() if False else \
-        sum((pq.read_table(p)["logits"].to_pylist() for p in parts), [])
+    logits = sum((pq.read_table(p)["logits"].to_pylist() for p in parts), [])
     assert [int(l[0]) for l in logits] == list(range(90))
     assert summary["parts"] == [str(p) for p in parts]
 
@@ -208,7 +207,7 @@ def test_reject_mode_keeps_going_and_conserves_rows(tmp_path, tiny_model):
     assert summary["rows_in"] == summary["rows_written"] + summary["rows_rejected"] == 4
 
 
-def test_cuda_requested_without_cuda_is_an_error(tiny_model, monkeypatch):
+def test_cuda_requested_without_cuda_is_an_error():
     from bertbatch import runtime
 
     assert runtime.resolve_provider("auto", ["CPUExecutionProvider"]) == runtime.CPU

@@ -8,7 +8,13 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import cli, texts_table
+from hostile_helpers import cli, texts_table
+
+
+@pytest.fixture
+def model(tiny_exported):
+    """The tiny exported model (tests/conftest.py): a real one, fast enough for every case."""
+    return tiny_exported
 
 
 @pytest.fixture
@@ -74,3 +80,14 @@ def test_exit_codes_are_documented_in_the_readme():
     section = text[text.index("## Exit codes"):]
     for code in ("| 0 ", "| 1 ", "| 2 ", "| 3 ", "| 4 ", "| 5 ", "| 70 ", "| 130 ", "| 141 "):
         assert code in section, code
+
+
+def test_export_prints_no_tracer_warning(tmp_path, tiny_model):
+    import warnings
+
+    m = tmp_path / "m"
+    shutil.copytree(tiny_model, m)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cli("export", m, "--quantize", "none").assert_ok()
+    assert [str(w.message)[:80] for w in caught if w.category.__name__ == "TracerWarning"] == []

@@ -5,7 +5,6 @@ runs keep every row and tell where rejects went."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import resource
 import signal
@@ -17,7 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 from pyarrow import csv
 
-from conftest import cli, job_state, parts_table, run_bertbatch, texts_table
+from hostile_helpers import cli, job_state, parts_table, texts_table
+
+
+@pytest.fixture
+def model(tiny_exported):
+    """The tiny exported model (tests/conftest.py): a real one, fast enough for every case."""
+    return tiny_exported
 
 
 @pytest.fixture

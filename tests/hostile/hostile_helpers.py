@@ -1,4 +1,5 @@
-"""Helpers for the hostile suite: drive the CLI as a user would, and kill it at named points of a job."""
+"""Helpers for the hostile suite (imported by name: a second conftest.py would shadow tests/conftest.py): drive
+the CLI as a user would, and kill it at named points of a job."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from click.testing import CliRunner
 
 HERE = Path(__file__).resolve().parent
@@ -48,12 +48,6 @@ def run_killed(point: str, nth: int, *args, timeout=180) -> subprocess.Completed
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def run_bertbatch(*args, timeout=180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "bertbatch", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def parts_table(out: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(p) for p in sorted(out.glob("part-*.parquet"))])
 
@@ -66,8 +60,3 @@ def texts_table(n: int, prefix: str = "") -> pa.Table:
     words = ["great", "awful", "the", "movie", "was", "trip", "food", "love"]
     return pa.table({"id": [f"{prefix}{i:06d}" for i in range(n)],
                      "text": [" ".join(words[(i * 7 + j) % 8] for j in range(1 + i % 9)) for i in range(n)]})
-
-
-@pytest.fixture
-def model(tiny_exported):
-    return tiny_exported
