@@ -468,7 +468,6 @@ def check_inputs(files: list[Path], config: ScoreConfig) -> tuple[list[str], pa.
     """Check every input file before the first row is scored: readable header or footer, unique column names,
     rows present (with --on-bad-rows error), text column present and textual, the same kept schema."""
     reference = None
-    needed = config.text_columns
     for path in files:
         schema = input_schema(path)
         duplicates = sorted({name for name in schema.names if schema.names.count(name) > 1})
@@ -477,17 +476,7 @@ def check_inputs(files: list[Path], config: ScoreConfig) -> tuple[list[str], pa.
                              "Rename them so each column has one name.")
         if config.on_bad_rows == "error" and not has_rows(path):
             raise InputError(f"{path} has no data rows (empty or header only). Remove it or use --on-bad-rows reject.")
-        for column in needed:
-            if column not in schema.names:
-                raise InputError(f"Column '{column}' not found in {path}; columns are {schema.names}. Use --text-column NAME.")
-            kind = schema.field(column).type
-            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
-                raise InputError(f"Column '{column}' in {path} has type {kind}; text must be strings.")
-        keep = list(config.keep) if config.keep is not None else schema.names
-        missing = [c for c in keep if c not in schema.names]
-        if missing:
-            raise InputError(f"--keep columns {missing} not found in {path}; columns are {schema.names}.")
-        kept = pa.schema([schema.field(c) for c in keep])
+        _, kept = check_schema(schema, config, str(path))
         if reference is None:
             reference = (path, kept)
         elif not kept.equals(reference[1]):
@@ -496,6 +485,22 @@ def check_inputs(files: list[Path], config: ScoreConfig) -> tuple[list[str], pa.
                 f"({[str(t) for t in reference[1].types]}), {path} has {kept.names} ({[str(t) for t in kept.types]})."
             )
     return list(reference[1].names), reference[1]
+
+
+def check_schema(schema: pa.Schema, config: ScoreConfig, where: str) -> tuple[list[str], pa.Schema]:
+    """The checks of one input's columns, for files and Arrow streams alike: the text column(s) present and
+    textual, the --keep columns present. Returns the kept names and their schema."""
+    for column in config.text_columns:
+        if column not in schema.names:
+            raise InputError(f"Column '{column}' not found in {where}; columns are {schema.names}. Use --text-column NAME.")
+        kind = schema.field(column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+            raise InputError(f"Column '{column}' in {where} has type {kind}; text must be strings.")
+    keep = list(config.keep) if config.keep is not None else schema.names
+    missing = [c for c in keep if c not in schema.names]
+    if missing:
+        raise InputError(f"--keep columns {missing} not found in {where}; columns are {schema.names}.")
+    return keep, pa.schema([schema.field(c) for c in keep])
 
 
 def total_rows(files: list[Path]) -> int | None:

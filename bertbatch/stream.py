@@ -24,6 +24,7 @@ def score_batches(source, model_dir: str | Path, config: ScoreConfig | None = No
     Batches are read, scored and handed on one window (`window_rows`) at a time, lazily, as the returned
     reader is consumed. `model_dir` may be a store URI (copied once to the local model cache)."""
     from .score import Scorer, output_schema
+    from .source import check_schema
     from .storage import local_model_dir
 
     config = replace(config or ScoreConfig(), **overrides)
@@ -61,21 +62,6 @@ def as_reader(source) -> pa.RecordBatchReader:
         f"score_batches reads Arrow streams; got a {type(source).__module__}.{type(source).__name__}. Pass a DuckDB "
         "relation, a Polars DataFrame (LazyFrame: .collect() it), a pyarrow Table, Dataset or RecordBatchReader."
     )
-
-
-def check_schema(schema: pa.Schema, config: ScoreConfig, where: str) -> tuple[list[str], pa.Schema]:
-    """Text column(s) present and textual, --keep columns present; returns the kept names and schema."""
-    for column in config.text_columns:
-        if column not in schema.names:
-            raise InputError(f"Column '{column}' not found in {where}; columns are {schema.names}. Use text_column=NAME.")
-        kind = schema.field(column).type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
-            raise InputError(f"Column '{column}' in {where} has type {kind}; text must be strings.")
-    keep = list(config.keep) if config.keep is not None else schema.names
-    missing = [c for c in keep if c not in schema.names]
-    if missing:
-        raise InputError(f"keep columns {missing} not found in {where}; columns are {schema.names}.")
-    return keep, pa.schema([schema.field(c) for c in keep])
 
 
 def windows(reader, rows: int):
