@@ -261,9 +261,16 @@ def local_model_dir(model_dir: "str | Path", cache_root: "str | Path | None" = N
     _check_recorded_hashes(source, staging, hashes)
     stamp = {"uri": source.uri, "files": {rel: {**listing[rel], "sha256": hashes[rel]} for rel in files}}
     (staging / CACHE_STAMP).write_text(json.dumps(stamp, indent=2))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
+    if target.exists():  # a stale copy: moved aside whole, so no reader sees it half-removed
+        trash = cache_root / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.replace(staging, target)
+    except OSError:  # another process put its copy in place first: use it if it is good
+        shutil.rmtree(staging, ignore_errors=True)
+        if not _cache_is_valid(target, source.uri, listing):
+            raise ModelError(f"Cannot put the copy of {source} in place at {target}; remove it and run again.") from None
     return target
 
 
