@@ -278,11 +278,13 @@ def owned_names(saved: dict | None) -> set[str]:
 
 
 def owned_temp(name: str, saved: dict | None) -> bool:
-    """A temp file left by one of this job's runs (`.NAME.RUN.tmp`)."""
-    runs = set((saved or {}).get("state", {}).get("runs", []))
+    """A temp file left by one of this job's runs (`.NAME.RUN.tmp`), or of one of bertbatch's fixed files
+    (a run killed while writing its first manifest is not listed yet)."""
     name = name.rsplit("/", 1)[-1]  # inside a partition directory
-    parts = name.split(".")
-    return name.startswith(".") and name.endswith(".tmp") and len(parts) >= 3 and parts[-2] in runs
+    if not (name.startswith(".") and name.endswith(".tmp")) or name.count(".") < 3:
+        return False
+    base, run = name[1:-4].rsplit(".", 1)
+    return run in set((saved or {}).get("state", {}).get("runs", [])) or base in FIXED_NAMES
 
 
 class Job:

@@ -73,7 +73,7 @@ def _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files
             layout.verify_parts(job.state["parts"])  # a part lost or damaged since the crash: say so now
         if job.complete:  # re-running a finished job changes nothing (a kill before `_SUCCESS`: write it)
             layout.finish_success()
-            return _summary(job.state, scorer, metadata, layout, started, resumed=True)
+            return _summary(job.state, scorer, metadata, layout, started, resumed=True, config=config)
     writer = Writer(layout, job, kept_schema, scorer, config, metadata)
     rejects = Rejects() if config.on_bad_rows == "reject" else None
     stop, threads = threading.Event(), []
@@ -92,7 +92,7 @@ def _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files
         if isinstance(exc, InputError) and not config.resume:
             layout.remove_outputs()  # bad data fails again on retry: leave nothing under the final name
         raise
-    return _summary(totals, scorer, metadata, layout, started, resumed=config.resume)
+    return _summary(totals, scorer, metadata, layout, started, resumed=config.resume, config=config)
 
 
 def _torch_weights(model_path: Path) -> Path | None:
@@ -206,7 +206,8 @@ def _background(iterable, depth: int, stop: threading.Event, threads: list):
         yield item
 
 
-def _summary(totals: dict, scorer: Scorer, metadata: dict, layout: OutputLayout, started: float, resumed: bool) -> dict:
+def _summary(totals: dict, scorer: Scorer, metadata: dict, layout: OutputLayout, started: float, resumed: bool,
+             config: ScoreConfig) -> dict:
     seconds = time.time() - started
     run_rows = totals.get("rows_this_run", 0)
     return make_summary(
@@ -227,7 +228,7 @@ def _summary(totals: dict, scorer: Scorer, metadata: dict, layout: OutputLayout,
         threads=getattr(scorer.runner, "threads", None),
         output="-" if layout.stdout else str(layout.output),
         parts=[str(p) for p in layout.list_parts()] if layout.directory else None,
-        rejects=str(layout.rejects_path) if totals["rows_rejected"] else None,
+        rejects=str(layout.rejects_path) if layout.rejects_path and config.on_bad_rows == "reject" else None,
     )
 
 

@@ -275,7 +275,10 @@ class OutputLayout:
         return saved, entries
 
     def _prepare_directory(self, overwrite: bool, resume: bool) -> None:
-        saved, entries = self._check_owned()
+        if (self.output / LOCK).exists() or (self.output / LOCK).is_symlink():
+            saved = read_manifest(self.output)  # a job may be writing here: the full check waits for its lock
+        else:
+            saved, _ = self._check_owned()  # refuse a foreign directory before creating anything in it
         if saved is not None and not (overwrite or resume):
             raise InputError(
                 f"Output directory {self.output} holds a bertbatch job. Pass --resume to continue an interrupted "
@@ -373,9 +376,12 @@ class OutputLayout:
                 raise OutputError(f"Part {path} holds {on_disk} rows, the manifest says {rows}; "
                                   "start again with --overwrite.")
 
-    def finish(self, rejects: list[dict], job, totals: dict) -> None:
-        """Rejects file, then the final manifest, then `_SUCCESS`: the last things a job writes."""
-        if rejects and self.rejects_path is not None:
+    def finish(self, rejects: list[dict] | None, job, totals: dict) -> None:
+        """Rejects file, then the final manifest, then `_SUCCESS`: the last things a job writes.
+
+        In reject mode (`rejects` not None) the rejects file is always written, header only when nothing
+        was rejected, so it never describes an earlier run."""
+        if rejects is not None and self.rejects_path is not None:
             write_rejects(rejects, self.rejects_path, self.run_id)
         if job is not None:
             job.finish({k: totals[k] for k in ("rows_in", "rows_written", "rows_rejected", "rows_with_error")})
@@ -577,7 +583,7 @@ class Writer:
             self._commit(rejects, last=True)
         if self.job:
             self._new_rejects(rejects)
-            all_rejects = self.job.all_rejects()
+            all_rejects = self.job.all_rejects() if rejects is not None else []
             written = self.layout.verify_parts(self.job.state["parts"])
             self.errors = self.job.errors()
         else:
@@ -589,7 +595,7 @@ class Writer:
         totals = {"rows_in": rows_in, "rows_written": written, "rows_rejected": len(all_rejects),
                   "rows_with_error": self.errors, "rows_this_run": self.rows_this_run,
                   "real_tokens": self.real, "padded_tokens": self.padded}
-        self.layout.finish(all_rejects, self.job, totals)
+        self.layout.finish(all_rejects if rejects is not None else None, self.job, totals)
         return totals
 
     def abort(self) -> None:

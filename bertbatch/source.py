@@ -212,6 +212,11 @@ def _expand(inputs) -> list[InputFile]:
             files.extend(InputFile(p) for p in found)
         else:
             raise InputError(f"Input {item} does not exist.")
+    seen: dict = {}
+    for index, path in enumerate(files):  # a row's identity is (file, record): one file twice is refused
+        first = seen.setdefault(path.resolve(), index)
+        if first != index:
+            raise InputError(f"Input {path} is given twice (also as {files[first]}); list each file once.")
     return files
 
 

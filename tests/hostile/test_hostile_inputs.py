@@ -265,3 +265,13 @@ def test_an_empty_file_late_in_a_directory_fails_before_the_first_row_is_scored(
     else:
         raise AssertionError("a zero-row file in error mode must be refused")
     assert scored == []
+
+
+def test_the_same_file_given_twice_is_refused(tmp_path, model):
+    """A row's identity is (file, record): scoring one file twice would make two rows share it."""
+    src = tmp_path / "in"
+    src.mkdir()
+    pq.write_table(texts_table(5), src / "a.parquet")
+    out = tmp_path / "o.parquet"
+    cli("score", model, src, src / "a.parquet", "-o", out).assert_error(1, "a.parquet", "given twice")
+    assert not out.exists()

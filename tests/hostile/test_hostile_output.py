@@ -243,3 +243,16 @@ def test_stdout_rejects_go_to_the_named_file_and_the_user_is_told(tmp_path, mode
     assert [r["raw"] for r in csv.read_csv(rejects).to_pylist()] == ["2,x,y"]
     assert str(rejects) in result.output
     assert result.stdout_bytes.decode().count("\n") == 3  # header + two rows
+
+
+def test_rejects_file_never_describes_an_earlier_run(tmp_path, model):
+    src = tmp_path / "in.csv"
+    src.write_text("id,text\n1,great\n2,x,y\n")
+    out = tmp_path / "o.parquet"
+    cli("score", model, src, "-o", out, "--on-bad-rows", "reject").assert_ok()
+    rejects = out.with_name("o.parquet.rejects.csv")
+    assert len(csv.read_csv(rejects).to_pylist()) == 1
+    src.write_text("id,text\n1,great\n2,fine\n")
+    result = cli("score", model, src, "-o", out, "--on-bad-rows", "reject", "--overwrite")
+    result.assert_ok()
+    assert csv.read_csv(rejects).num_rows == 0 and str(rejects) in result.output
