@@ -82,6 +82,10 @@ class InputFile:
     def name(self) -> str:
         return self.path.name if self.remote is None else self.remote.name
 
+    def resolved(self) -> str:
+        """The absolute path, links resolved, or the URI: the same for every way of naming the file."""
+        return str(self.path.resolve()) if self.remote is None else self.remote.uri
+
     def open_random(self):
         """What pyarrow's Parquet reader opens: the local path, or a random-access store file."""
         return str(self.path) if self.remote is None else self.remote.open_input_file()
@@ -214,7 +218,7 @@ def _expand(inputs) -> list[InputFile]:
             raise InputError(f"Input {item} does not exist.")
     seen: dict = {}
     for index, path in enumerate(files):  # a row's identity is (file, record): one file twice is refused
-        first = seen.setdefault(path.resolve(), index)
+        first = seen.setdefault(path.resolved(), index)
         if first != index:
             raise InputError(f"Input {path} is given twice (also as {files[first]}); list each file once.")
     return files
