@@ -59,6 +59,17 @@ def _fail(message: str, code: int):
     sys.exit(code)
 
 
+def _key_values(pairs) -> dict:
+    """('k=v', ...) -> {k: v}; a pair without '=' is a usage error."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got '{pair}'.", param_hint="--spark-conf")
+        out[key.strip()] = value
+    return out
+
+
 def _csv_list(value):
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
@@ -295,9 +306,19 @@ def _model_dir_or_uri(ctx, param, value):
 @click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
               help="spark: run the same scorer inside Apache Spark (needs the 'spark' extra).")
 @click.option("--master", default="local[*]", show_default=True, help="Spark master URL (with --engine spark).")
+@click.option("--ship-model/--no-ship-model", default=None,
+              help="Spark: zip the model and ship it to executors (default: unless the master is local); "
+                   "--no-ship-model: executors read MODEL_DIR at the same path (shared file system).")
+@click.option("--repartition/--no-repartition", default=True, show_default=True,
+              help="Spark: spread input with fewer partitions than --partitions over that many.")
+@click.option("--partitions", type=int, help="Spark: partitions to spread input over (default: default parallelism).")
+@click.option("--spark-conf", "spark_conf", multiple=True, metavar="KEY=VALUE",
+              help="Spark setting for the session bertbatch starts (repeatable), e.g. "
+                   "spark.pyspark.python=/opt/venv/bin/python, spark.executor.pyspark.memory=1g.")
 @click.option("--silent", is_flag=True, help="No progress bar and no summary.")
 @_friendly
-def score(model_dir, inputs, output, keep, silent, engine, master, partition_by, partition_types, **options):
+def score(model_dir, inputs, output, keep, silent, engine, master, ship_model, repartition, partitions, spark_conf,
+          partition_by, partition_types, **options):
     """Label CSV/Parquet rows with MODEL_DIR's ONNX graph; one output row per input row, in order.
 
     MODEL_DIR, INPUTS and -o take local paths or store URIs (s3://, gs://, abfs://, hdfs://, fsspec schemes)."""
@@ -311,7 +332,9 @@ def score(model_dir, inputs, output, keep, silent, engine, master, partition_by,
             raise click.UsageError("--partition-by is available with --engine local only.")
         from .spark import score_files
 
-        summary = score_files(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options), master=master)
+        summary = score_files(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options), master=master,
+                              ship_model=ship_model, repartition=repartition, partitions=partitions,
+                              spark_conf=_key_values(spark_conf))
         if not silent:
             click.echo(json.dumps(summary))
         return

@@ -256,3 +256,13 @@ def test_rejects_file_never_describes_an_earlier_run(tmp_path, model):
     result = cli("score", model, src, "-o", out, "--on-bad-rows", "reject", "--overwrite")
     result.assert_ok()
     assert csv.read_csv(rejects).num_rows == 0 and str(rejects) in result.output
+
+
+def test_overwriting_a_single_file_that_is_a_link_replaces_the_link_not_its_target(tmp_path, model, src):
+    victim = tmp_path / "victim.parquet"
+    victim.write_text("precious")
+    out = tmp_path / "o.parquet"
+    out.symlink_to(victim)
+    cli("score", model, src, "-o", out, "--overwrite").assert_ok()
+    assert victim.read_text() == "precious"
+    assert not out.is_symlink() and pq.read_table(out).num_rows == 300
