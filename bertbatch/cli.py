@@ -262,10 +262,22 @@ def _summary_line(s: dict) -> str:
     ) + (f"; rejected rows -> {s['rejects']}" if s.get("rejects") else "")
 
 
+def _model_dir_or_uri(ctx, param, value):
+    """click callback: a store URI as given (its cache copy is made by the library), else an existing directory."""
+    if "://" in value and not value.startswith("file://"):
+        return value
+    return click.Path(exists=True, file_okay=False).convert(value, param, ctx)
+
+
 @cli.command()
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_dir", callback=_model_dir_or_uri)
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--output", "-o", required=True, help="Output file (.parquet/.csv/.jsonl), directory, or - for stdout.")
+@click.option("--output", "-o", required=True,
+              help="Output file (.parquet/.csv/.jsonl), directory, or - for stdout; a path or a store URI (s3://...).")
+@click.option("--partition-by", help="Comma-separated kept columns: directory output in Hive key=value directories.")
+@click.option("--partition-types", help="Types of input partition keys, e.g. dt:date32,year:int32 (default: strings).")
+@click.option("--model-cache", type=click.Path(file_okay=False),
+              help="Where a MODEL_DIR given as a store URI is copied once (default: ~/.cache/bertbatch/models).")
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--text-pair-column", help="Second text of a sentence pair.")
 @click.option("--keep", help="Comma-separated input columns to pass through (default: all).")
@@ -306,12 +318,18 @@ def _summary_line(s: dict) -> str:
 @click.option("--silent", is_flag=True, help="No progress bar and no summary.")
 @_friendly
 def score(model_dir, inputs, output, keep, silent, engine, master, ship_model, repartition, partitions, spark_conf,
-          **options):
-    """Label CSV/Parquet rows with MODEL_DIR's ONNX graph; one output row per input row, in order."""
+          partition_by, partition_types, **options):
+    """Label CSV/Parquet rows with MODEL_DIR's ONNX graph; one output row per input row, in order.
+
+    MODEL_DIR, INPUTS and -o take local paths or store URIs (s3://, gs://, abfs://, hdfs://, fsspec schemes)."""
     from .config import ScoreConfig
     from .pipeline import score_file
 
+    options["partition_by"] = _csv_list(partition_by)
+    options["partition_types"] = _csv_list(partition_types)
     if engine == "spark":
+        if options["partition_by"]:
+            raise click.UsageError("--partition-by is available with --engine local only.")
         from .spark import score_files
 
         summary = score_files(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options), master=master,

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
+import tempfile
 import uuid
 from dataclasses import asdict
 from pathlib import Path
@@ -20,6 +23,7 @@ from pathlib import Path
 from .config import ScoreConfig
 from .errors import InputError, OutputError, describe_os_error
 from .manifest import sha256_file
+from .storage import Location
 
 MANIFEST = "_manifest.json"
 SUCCESS = "_SUCCESS"
@@ -30,7 +34,7 @@ FIXED_NAMES = (MANIFEST, SUCCESS, REJECTS, LOCK)
 RESULT_OPTIONS = (
     "text_column", "text_pair_column", "keep", "max_length", "probs", "top_k", "logits", "threshold", "long_text",
     "stride", "aggregate", "output_format", "on_bad_rows", "rows_per_part", "max_tokens", "max_batch_rows",
-    "window_rows",
+    "window_rows", "partition_by", "partition_types",
 )
 
 
@@ -45,8 +49,25 @@ def temp_path(final: Path, run_id: str) -> Path:
     return final.with_name(f".{final.name}.{run_id}.tmp")
 
 
-def create_temp(final: Path, run_id: str):
-    """(temp path, binary file) for `final`: created exclusively, never through a link planted there."""
+def spool_dir(run_id: str) -> Path:
+    """Where a run writes the files it will upload to a store (which has no rename): local, private to the run."""
+    path = Path(tempfile.gettempdir()) / f"bertbatch-spool-{run_id}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def remove_spool(run_id: str) -> None:
+    shutil.rmtree(Path(tempfile.gettempdir()) / f"bertbatch-spool-{run_id}", ignore_errors=True)
+
+
+def create_temp(final: Path | Location, run_id: str):
+    """(temp path, binary file) for `final`: created exclusively, never through a link planted there.
+
+    For a file in a store the temp file is a local spool file; `publish` uploads it."""
+    if isinstance(final, Location):
+        tmp = spool_dir(run_id) / f"{uuid.uuid4().hex}-{final.name}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        return tmp, os.fdopen(fd, "wb")
     tmp = temp_path(final, run_id)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
@@ -55,9 +76,16 @@ def create_temp(final: Path, run_id: str):
     return tmp, os.fdopen(fd, "wb")
 
 
-def publish(tmp: Path, final: Path) -> None:
+def publish(tmp: Path, final: Path | Location) -> None:
     """Make a complete temp file visible under its final name: fsync, rename (replacing a link, never
-    following it), fsync the directory so the rename survives a power loss."""
+    following it), fsync the directory so the rename survives a power loss.
+
+    In a store (no rename): one upload that the store shows only once complete (a single PUT, or a multipart
+    upload completed at its end; a process killed mid-upload leaves nothing under the name)."""
+    if isinstance(final, Location):
+        final.upload(tmp)
+        tmp.unlink()
+        return
     fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     try:
         os.fsync(fd)
@@ -68,7 +96,11 @@ def publish(tmp: Path, final: Path) -> None:
 
 
 def write_atomic(final: Path, data: bytes, run_id: str) -> None:
-    """A small file (manifest, rejects, `_SUCCESS`) through a temp file; the temp is removed on failure."""
+    """A small file (manifest, rejects, `_SUCCESS`) through a temp file; the temp is removed on failure.
+    In a store: one PUT."""
+    if isinstance(final, Location):
+        final.write_bytes(data)
+        return
     tmp, fh = create_temp(final, run_id)
     try:
         with fh:
@@ -124,6 +156,52 @@ class JobLock:
             self.fd = None
 
 
+class StoreLock:
+    """`_bertbatch.lock` in an object store: JSON naming the holder (host, PID, run). Stores reached through
+    pyarrow offer neither an exclusive create nor a lock that dies with its process, so this is a
+    check-then-write: it refuses a job held by a live process on this host or by another host (whose liveness
+    it cannot see), and takes over the lock of a dead process on this host, so --resume after a kill works."""
+
+    def __init__(self, root: Location, run_id: str):
+        self.path, self.run_id = root / LOCK, run_id
+        if self.path.exists():
+            try:
+                holder = json.loads(self.path.read_text())
+            except ValueError:
+                holder = {}
+            if holder.get("host") != socket.gethostname():
+                raise OutputError(
+                    f"Output {root} is in use by a bertbatch job on host {holder.get('host', 'unknown')} (PID "
+                    f"{holder.get('pid', 'unknown')}). Wait for it to finish; if that job is gone, delete {self.path}."
+                )
+            if _alive(holder.get("pid")):
+                raise OutputError(f"Output directory {root} is in use by another bertbatch job (PID {holder['pid']}). "
+                                  "Wait for it to finish, or write elsewhere with -o.")
+        holder = {"host": socket.gethostname(), "pid": os.getpid(), "run": run_id}
+        self.path.write_bytes(json.dumps(holder).encode())
+
+    def release(self) -> None:
+        if self.path is not None:
+            try:
+                if json.loads(self.path.read_text()).get("run") == self.run_id:
+                    self.path.delete()
+            except (OSError, ValueError):
+                pass
+            self.path = None
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int) or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 # --------------------------------------------------------------------------------------------- fingerprint
 def model_files_digest(model_root: Path, weights: Path | None) -> dict[str, str]:
     """sha256 of the model files that run, by path relative to the model directory: the graph (or the
@@ -148,10 +226,11 @@ def fingerprint(files: list[Path], model_files: dict[str, str], graph: str, prov
     graph, provider, and every option that changes results."""
     options = {k: v for k, v in asdict(config).items() if k in RESULT_OPTIONS}
     options["keep"] = list(options["keep"]) if options["keep"] is not None else None
+    for key in ("partition_by", "partition_types"):
+        options[key] = list(options[key]) if options[key] is not None else None
     options["output_format"] = fmt
     options["max_length"] = max_length  # resolved: the model's when not given
-    inputs = [{"path": str(f.resolve()), "size": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns,
-               "sha256": sha256_file(f)} for f in files]
+    inputs = [f.identity() for f in files]  # path or URI, size, mtime, sha256 of the bytes (source.InputFile)
     return {"inputs": inputs, "model_files": model_files, "graph": graph, "provider": provider, "options": options}
 
 
@@ -194,12 +273,14 @@ def owned_names(saved: dict | None) -> set[str]:
     if saved:
         state = saved.get("state", {})
         names |= {p["name"] for p in state.get("parts", [])} | set(state.get("pending", []))
+        names |= {f for p in state.get("parts", []) for f in p.get("files", {})}  # --partition-by files
     return names
 
 
 def owned_temp(name: str, saved: dict | None) -> bool:
     """A temp file left by one of this job's runs (`.NAME.RUN.tmp`), or of one of bertbatch's fixed files
     (a run killed while writing its first manifest is not listed yet)."""
+    name = name.rsplit("/", 1)[-1]  # inside a partition directory
     if not (name.startswith(".") and name.endswith(".tmp")) or name.count(".") < 3:
         return False
     base, run = name[1:-4].rsplit(".", 1)
@@ -260,13 +341,17 @@ class Job:
             self.save()
 
     def record(self, name: str, file_index: int, chunk: int, rows: int, errors: int, rejects: list[dict],
-               last: bool) -> None:
+               last: bool, files: dict[str, int] | None = None) -> None:
         parts = [p for p in self.state["parts"] if p["name"] != name]  # a retried part replaces its entry
         start = sum(p["rows"] for p in parts if p["file_index"] == file_index)
-        parts.append({"name": name, "file_index": file_index, "chunk": chunk, "row_start": start,
-                      "row_end": start + rows, "rows": rows, "errors": errors, "rejects": rejects})
+        entry = {"name": name, "file_index": file_index, "chunk": chunk, "row_start": start,
+                 "row_end": start + rows, "rows": rows, "errors": errors, "rejects": rejects}
+        if files is not None:  # --partition-by: one file per partition, {relative name: rows}
+            entry["files"] = files
+        parts.append(entry)
         self.state["parts"] = parts
-        self.state["pending"] = [p for p in self.state["pending"] if p != name]
+        done = {name, *(files or {})}
+        self.state["pending"] = [p for p in self.state["pending"] if p not in done]
         if last:
             self.mark_file_done(file_index, save=False)
         self.save()

@@ -21,7 +21,8 @@ from .job import Job, fingerprint, model_files_digest
 from .score import Scorer
 from .sink import OutputLayout, Writer, output_format
 from .summary import make_summary
-from .source import Rejects, check_inputs, expand_inputs, read_batches, total_rows
+from .storage import local_model_dir
+from .source import Rejects, check_inputs, expand_inputs, input_is_directory, read_batches, total_rows
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +36,13 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
     """
     config = replace(config or ScoreConfig(), **overrides)
     started = time.time()
-    files = expand_inputs(inputs)
-    input_is_dir = any(Path(i).is_dir() for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs))
+    files = expand_inputs(inputs, config.partition_type_map)
+    input_is_dir = input_is_directory(inputs)
     if str(output) == "-" and config.on_bad_rows == "reject" and not config.rejects:
         raise InputError("-o - with --on-bad-rows reject needs --rejects FILE: stdout carries the scored rows only, "
                          "the rejected rows go to FILE.")
     keep, kept_schema = check_inputs(files, config)
-    scorer = _open_scorer(model_dir, config, runner)
+    scorer = _open_scorer(local_model_dir(model_dir, config.model_cache), config, runner)
     fmt = config.output_format or ("csv" if str(output) == "-" else output_format(str(output), None))
     graph_path = None if scorer.graph in ("torch", "fake", "custom") else Path(scorer.graph)
     weights = graph_path or (_torch_weights(scorer.model.path) if scorer.graph == "torch" else None)
@@ -54,7 +55,8 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
         "bertbatch.graph": scorer.model.graph_key(graph_path) if graph_path or scorer.graph == "torch" else scorer.graph,
         "bertbatch.provider": scorer.runner.provider,
     }
-    layout = OutputLayout(str(output), fmt, files, input_is_dir, config.overwrite, config.resume, config.rejects)
+    layout = OutputLayout(str(output), fmt, files, input_is_dir, config.overwrite, config.resume, config.rejects,
+                          config.partition_by)
     try:
         return _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files, fmt, progress, started)
     finally:

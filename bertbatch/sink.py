@@ -16,14 +16,16 @@ import pyarrow.parquet as pq
 from pyarrow import csv
 
 from .errors import InputError, OutputError, describe_os_error
-from .job import (LOCK, REJECTS, SUCCESS, Job, JobLock, create_temp, new_run_id, owned_names, owned_temp, publish,
-                  read_manifest)
+from .job import (LOCK, REJECTS, SUCCESS, Job, JobLock, StoreLock, create_temp, new_run_id, owned_names, owned_temp,
+                  publish, read_manifest, remove_spool)
 from .score import Result, Scorer, output_schema
+from .source import HIVE_NULL
+from .storage import Location, is_uri
 
 REJECT_SCHEMA = pa.schema([("file", pa.string()), ("where", pa.string()), ("reason", pa.string()), ("raw", pa.string())])
 
 
-def write_rejects(rows: list[dict], final: Path, run_id: str) -> None:
+def write_rejects(rows: list[dict], final: Path | Location, run_id: str) -> None:
     """The rejects CSV through a temp file and `publish`, like a part."""
     tmp, fh = create_temp(final, run_id)
     try:
@@ -35,7 +37,7 @@ def write_rejects(rows: list[dict], final: Path, run_id: str) -> None:
         raise OutputError(describe_os_error(exc, f"Cannot write the rejects file {final}")) from None
 
 
-def mark_success(root: Path, run_id: str) -> None:
+def mark_success(root: Path | Location, run_id: str) -> None:
     """`_SUCCESS`: the last file a job writes, after its final manifest."""
     tmp, fh = create_temp(root / SUCCESS, run_id)
     fh.close()
@@ -49,7 +51,7 @@ class Sink:
     With `stream` (`-o -`) it writes there instead: no temp file, nothing to rename."""
 
     def __init__(self, path: Path, schema: pa.Schema, stream=None, run_id: str | None = None):
-        self.path = Path(path)
+        self.path = path if isinstance(path, Location) else Path(path)  # a Location: a file in a store
         self.stream = stream
         if stream is None:
             self.tmp, self.fh = create_temp(self.path, run_id or new_run_id())
@@ -74,6 +76,10 @@ class Sink:
         self.finish_writing()
         if self.stream is None:
             publish(self.tmp, self.path)
+
+    def pieces(self) -> list[tuple]:
+        """(temp file, final name, name in the manifest) of what `commit` publishes."""
+        return [(self.tmp, self.path, self.path.name)]
 
     def abort(self) -> None:
         try:
@@ -173,15 +179,25 @@ def output_format(path: str, explicit: str | None) -> str:
 # ---------------------------------------------------------------------------------------------- output layout
 def refuse_input_overlap(output: Path, inputs: list[Path], directory: bool) -> None:
     """An output that is, contains, or (as a directory of parts) sits beside an input would destroy it."""
+    if isinstance(output, Location) or is_uri(str(output)):
+        out = Location.of(output).uri.rstrip("/")
+        for path in inputs:
+            src = str(path)
+            if src == out or src.startswith(out + "/") or (directory and src.rsplit("/", 1)[0] == out):
+                raise InputError(f"Output {output} would overwrite the input {path}; choose another -o path.")
+        return
     out = Path(output).resolve()
     for path in inputs:
+        if getattr(path, "remote", None) is not None:
+            continue  # in a store: never on this disk
         src = Path(path).resolve()
         if src == out or out in src.parents or (directory and src.parent == out):
             raise InputError(f"Output {output} would overwrite the input {path}; choose another -o path.")
 
 
 def refuse_existing(output: Path, overwrite: bool) -> None:
-    if Path(output).exists() and not overwrite:
+    target = output if isinstance(output, Location) else Path(output)
+    if target.exists() and not overwrite:
         raise InputError(f"Output {output} exists. Pass --overwrite to replace it.")
 
 
@@ -193,15 +209,22 @@ class OutputLayout:
     and refuses a directory holding any link."""
 
     def __init__(self, output: str, fmt: str, inputs: list[Path], input_is_dir: bool, overwrite: bool,
-                 resume: bool = False, rejects: str | None = None):
+                 resume: bool = False, rejects: str | None = None, partition_by: tuple[str, ...] | None = None):
         self.stdout = output == "-"
-        self.output = Path(output)
+        self.remote = is_uri(output)  # an object store: the same protocol, with uploads for renames
+        self.output = Location.of(output) if self.remote else Path(output)
         self.format = fmt
+        self.partition_by = tuple(partition_by or ())
         self.run_id = new_run_id()
         self.lock = None
-        self.directory = not self.stdout and (input_is_dir or self.output.is_dir() or self.output.suffix == "")
+        if self.remote:
+            self.directory = input_is_dir or self.output.is_dir() or "." not in self.output.name
+        else:
+            self.directory = not self.stdout and (input_is_dir or self.output.is_dir() or self.output.suffix == "")
         if resume and not self.directory:
             raise InputError("--resume needs a directory output (an -o path without a file suffix).")
+        if self.partition_by and not self.directory:
+            raise InputError("--partition-by needs a directory output (an -o path without a file suffix).")
         if rejects and self.directory:
             raise InputError(f"--rejects is for file and stdout outputs; a directory job keeps its rejects in "
                              f"{self.output / REJECTS}.")
@@ -219,11 +242,15 @@ class OutputLayout:
         if self.output.is_dir():
             raise OutputError(f"Output {self.output} is a directory; give a file name, or a path without a suffix "
                               "for a directory job.")
-        make_directory(self.output.parent, self.output)
+        if not self.remote:
+            make_directory(self.output.parent, self.output)
 
     # -- a job directory
     def _entries(self) -> list[str]:
-        return sorted(p.name for p in self.output.iterdir()) if self.output.is_dir() else []
+        """Names in the output directory; inside Hive `key=value` directories, relative paths of their files."""
+        if self.remote:
+            return sorted(f.relative_to(self.output) for f in self.output.list_files())
+        return sorted(_local_entries(self.output, "")) if self.output.is_dir() else []
 
     def _check_owned(self) -> tuple[dict | None, list[str]]:
         """(saved manifest, entries) of the output directory; refuses links and files that are not the job's."""
@@ -257,8 +284,11 @@ class OutputLayout:
                 f"Output directory {self.output} holds a bertbatch job. Pass --resume to continue an interrupted "
                 "job, or --overwrite to replace it."
             )
-        make_directory(self.output, self.output)
-        self.lock = JobLock(self.output)
+        if self.remote:
+            self.lock = StoreLock(self.output, self.run_id)
+        else:
+            make_directory(self.output, self.output)
+            self.lock = JobLock(self.output)
         try:
             saved, _ = self._check_owned()  # again, under the lock: the directory is now this process's
             if overwrite and not resume:
@@ -275,6 +305,8 @@ class OutputLayout:
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+        if self.remote:
+            remove_spool(self.run_id)
 
     def open(self, schema: pa.Schema, file_index: int = 0, chunk: int = 0) -> Sink:
         """A sink for part (file_index, chunk) of a directory, or for the one output file."""
@@ -282,14 +314,34 @@ class OutputLayout:
             if self.format == "jsonl":
                 return JsonlSink(Path("-"), schema, stream=sys.stdout)
             return SINKS[self.format](Path("-"), schema, stream=sys.stdout.buffer)
+        if self.partition_by:
+            return PartitionedSink(self, schema, part_name(file_index, chunk, self.format))
         if self.directory:
             path = self.output / part_name(file_index, chunk, self.format)
         else:
             path = self.output
         return SINKS[self.format](path, schema, run_id=self.run_id)
 
-    def list_parts(self) -> list[Path]:
-        return sorted(self.output.glob("part-*")) if self.directory else [self.output]
+    def open_file(self, relative: str, schema: pa.Schema) -> Sink:
+        """A sink for a file in Hive `key=value` directories (`--partition-by`), made as needed, never via links."""
+        *dirs, name = relative.split("/")
+        if any(d in ("", ".", "..") or "=" not in d for d in dirs):
+            raise InputError(f"Refusing to write {relative!r}: it escapes the output directory {self.output}.")
+        if not self.remote:
+            folder = self.output
+            for segment in dirs:
+                folder = folder / segment
+                if folder.is_symlink():
+                    raise OutputError(f"Refusing to write through the link {folder} in the output directory.")
+                make_directory(folder, self.output)
+        return SINKS[self.format](self.output / relative, schema, run_id=self.run_id)
+
+    def list_parts(self) -> list:
+        if not self.directory:
+            return [self.output]
+        if self.remote:
+            return [f for f in self.output.list_files() if f.name.startswith("part-")]
+        return sorted(self.output.glob("**/part-*" if self.partition_by else "part-*"))
 
     @property
     def rejects_path(self) -> Path | None:
@@ -297,27 +349,32 @@ class OutputLayout:
             return self.rejects_file
         if self.stdout:
             return None
+        if self.remote and not self.directory:
+            return Location.of(self.output.uri + ".rejects.csv")
         return self.output / REJECTS if self.directory else self.output.with_name(self.output.name + ".rejects.csv")
 
     def verify_parts(self, parts: list[dict]) -> int:
         """Rows in the committed part files, checked against the manifest (Parquet footers are read)."""
         total = 0
         for part in parts:
-            path = self.output / part["name"]
-            if not path.is_file() or path.is_symlink():
-                raise OutputError(f"Part {path} is listed in the manifest but missing; the job cannot continue. "
-                                  "Start again with --overwrite.")
-            if self.format == "parquet":
-                try:
-                    on_disk = pq.ParquetFile(path).metadata.num_rows
-                except (pa.ArrowInvalid, OSError) as exc:
-                    raise OutputError(f"Part {path} is damaged ({exc}); the job cannot continue. "
-                                      "Start again with --overwrite.") from None
-                if on_disk != part["rows"]:
-                    raise OutputError(f"Part {path} holds {on_disk} rows, the manifest says {part['rows']}; "
-                                      "start again with --overwrite.")
+            for name, rows in (part.get("files") or {part["name"]: part["rows"]}).items():
+                self._verify_file(self.output / name, rows)
             total += part["rows"]
         return total
+
+    def _verify_file(self, path, rows: int) -> None:
+        if not path.is_file() or path.is_symlink():
+            raise OutputError(f"Part {path} is listed in the manifest but missing; the job cannot continue. "
+                              "Start again with --overwrite.")
+        if self.format == "parquet":
+            try:
+                on_disk = pq.ParquetFile(path.open_input_file() if self.remote else path).metadata.num_rows
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise OutputError(f"Part {path} is damaged ({exc}); the job cannot continue. "
+                                  "Start again with --overwrite.") from None
+            if on_disk != rows:
+                raise OutputError(f"Part {path} holds {on_disk} rows, the manifest says {rows}; "
+                                  "start again with --overwrite.")
 
     def finish(self, rejects: list[dict] | None, job, totals: dict) -> None:
         """Rejects file, then the final manifest, then `_SUCCESS`: the last things a job writes.
@@ -349,6 +406,27 @@ class OutputLayout:
         for name in self._entries():
             if name in owned or owned_temp(name, saved):
                 (self.output / name).unlink(missing_ok=True)
+        if not self.remote:
+            _remove_empty_partition_dirs(self.output)
+
+
+def _local_entries(folder: Path, prefix: str) -> list[str]:
+    """Names in `folder`; the files inside `key=value` directories (not links) as relative paths."""
+    names = []
+    for path in folder.iterdir():
+        if path.is_dir() and not path.is_symlink() and "=" in path.name:
+            names += _local_entries(path, f"{prefix}{path.name}/")
+        else:
+            names.append(prefix + path.name)
+    return names
+
+
+def _remove_empty_partition_dirs(folder: Path) -> None:
+    for path in folder.iterdir():
+        if path.is_dir() and not path.is_symlink() and "=" in path.name:
+            _remove_empty_partition_dirs(path)
+            if not any(path.iterdir()):
+                path.rmdir()
 
 
 def make_directory(path: Path, output: Path) -> None:
@@ -367,6 +445,66 @@ def make_directory(path: Path, output: Path) -> None:
 
 def part_name(file_index: int, chunk: int, fmt: str) -> str:
     return f"part-{file_index:05d}-{chunk:05d}{OUTPUT_SUFFIX[fmt]}"
+
+
+# ------------------------------------------------------------------------------------------ Hive partitions
+_SAFE = " -_.~+,;@!$&()"  # kept as is; '/', '=', '%', ':' and the rest are percent-encoded, as Hive does
+
+
+def hive_segment(key: str, value: str | None) -> str:
+    """`key=value` as Hive, Spark and DuckDB write it: percent-encoded; null and '' as __HIVE_DEFAULT_PARTITION__."""
+    from urllib.parse import quote
+
+    return f"{quote(key, safe=_SAFE)}={HIVE_NULL if value in (None, '') else quote(value, safe=_SAFE)}"
+
+
+class PartitionedSink:
+    """One part of a `--partition-by` job: one file per partition value (`k=v/.../part-FFFFF-CCCCC.ext`, the
+    partition columns in the path, not in the file), rows in input order. Each file goes through the job
+    protocol (temp, pending, publish); the part is recorded, with its files, only after all of them."""
+
+    stream = None
+
+    def __init__(self, layout: OutputLayout, schema: pa.Schema, name: str):
+        self.layout, self.keys = layout, layout.partition_by
+        missing = [k for k in self.keys if k not in schema.names]
+        if missing:
+            raise InputError(f"--partition-by columns {missing} are not in the output; its columns are {schema.names}.")
+        nested = [k for k in self.keys if pa.types.is_nested(schema.field(k).type)]
+        if nested:
+            raise InputError(f"--partition-by columns {nested} hold lists or structs; partition by scalar columns.")
+        self.file_schema = pa.schema([f for f in schema if f.name not in self.keys], metadata=schema.metadata)
+        self.sinks: dict[str, Sink] = {}
+        self.path = Path(name)  # the part's name in the manifest
+        self.rows = 0
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        values = [batch.column(k).cast(pa.string()).to_pylist() for k in self.keys]
+        groups: dict[tuple, list[int]] = {}
+        for row, key in enumerate(zip(*values)):
+            groups.setdefault(key, []).append(row)
+        data = batch.select(self.file_schema.names)
+        for key, rows in groups.items():
+            relative = "/".join(hive_segment(k, v) for k, v in zip(self.keys, key)) + "/" + self.path.name
+            if relative not in self.sinks:
+                self.sinks[relative] = self.layout.open_file(relative, self.file_schema)
+            self.sinks[relative].write(data.take(pa.array(rows, pa.int64())))
+        self.rows += batch.num_rows
+
+    @property
+    def files(self) -> dict[str, int]:
+        return {relative: sink.rows for relative, sink in self.sinks.items()}
+
+    def finish_writing(self) -> None:
+        for sink in self.sinks.values():
+            sink.finish_writing()
+
+    def pieces(self) -> list[tuple]:
+        return [(sink.tmp, sink.path, relative) for relative, sink in self.sinks.items()]
+
+    def abort(self) -> None:
+        for sink in self.sinks.values():
+            sink.abort()
 
 
 # -------------------------------------------------------------------------------------- parts and the manifest
@@ -423,16 +561,18 @@ class Writer:
         try:
             sink.finish_writing()
             if sink.stream is None:
-                if self.job:
-                    self.job.intend(sink.path.name)
-                publish(sink.tmp, sink.path)
+                for tmp, final, name in sink.pieces():
+                    if self.job:
+                        self.job.intend(name)
+                    publish(tmp, final)
         except BrokenPipeError:
             raise
         except OSError as exc:
             raise OutputError(describe_os_error(exc, f"Cannot write {self._target()}")) from None
         self.sink = self.key = None
         if self.job:
-            self.job.record(sink.path.name, index, chunk, sink.rows, self.part_errors, self._new_rejects(rejects), last)
+            self.job.record(sink.path.name, index, chunk, sink.rows, self.part_errors, self._new_rejects(rejects), last,
+                            files=getattr(sink, "files", None))
         self.part_errors = 0
 
     def close(self, rejects, expected_rows: int | None) -> dict:
