@@ -104,7 +104,7 @@ def score_files(inputs, output: str | Path, model_dir: str | Path, config: Score
     _require_spark()
     config = replace(config or ScoreConfig(), **overrides)
     _check_engine_options(config, output)
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, config.partition_type_map)
     keep, _ = check_inputs(files, config)
     _check_output(output, files, config.overwrite)
     config = replace(config, keep=tuple(keep))
@@ -504,22 +504,33 @@ def _session(master: str, conf: dict | None = None):
             os.environ["PYSPARK_PYTHON"] = previous
 
 
-def _read(spark, files: list[Path], columns: list[str]):
-    """One DataFrame over the input files, grouped by format; CSV columns are non-null strings as written."""
+def _read(spark, files: list, columns: list[str]):
+    """One DataFrame over the input files, grouped by format and Hive partition; CSV columns are non-null
+    strings as written; partition values (typed as `source` types them) are added as literal columns."""
     from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_type
 
     groups: dict[tuple, list[str]] = {}
     for path in files:
+        if getattr(path, "remote", None) is not None:
+            raise InputError(f"{path}: the Spark engine reads paths its executors can open (a shared file system); "
+                             "read store data into a DataFrame yourself and call bertbatch.spark.score, or use "
+                             "--engine local.")
         kind = file_format(path)
-        groups.setdefault((kind, csv_delimiter(path) if kind == "csv" else None), []).append(str(path))
+        values = tuple(path.partition_values().items()) if hasattr(path, "partition_values") else ()
+        groups.setdefault((kind, csv_delimiter(path) if kind == "csv" else None, values), []).append(str(path))
     frames = []
-    for (kind, delimiter), paths in groups.items():
+    for (kind, delimiter, values), paths in groups.items():
+        partition_keys = [key for key, _ in values]
+        file_columns = [c for c in columns if c not in partition_keys]
         if kind == "parquet":
-            frame = spark.read.parquet(*paths).select(*[_column(c) for c in columns])
+            frame = spark.read.parquet(*paths).select(*[_column(c) for c in file_columns])
         else:
             frame = spark.read.options(**CSV_OPTIONS, sep=delimiter).csv(paths)
-            frame = frame.select(*[F.coalesce(_column(c), F.lit("")).alias(c) for c in columns])
-        frames.append(frame)
+            frame = frame.select(*[F.coalesce(_column(c), F.lit("")).alias(c) for c in file_columns])
+        for key, value in values:
+            frame = frame.withColumn(key, F.lit(value.as_py()).cast(from_arrow_type(value.type)))
+        frames.append(frame.select(*[_column(c) for c in columns]))
     return reduce(lambda a, b: a.unionByName(b), frames)
 
 

@@ -263,3 +263,24 @@ def test_workers_without_bertbatch_fail_once_with_the_python_named(tiny_exported
     assert "spark.pyspark.python" in last  # says how to point the workers at a Python that has it
     assert "Py4J" not in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_hive_partitioned_input_keeps_its_partition_columns_like_the_local_engine(spark_session, tiny_exported, tmp_path):
+    """dt=/region= directories: Spark's output has the same partition columns (typed as asked) as the local one."""
+    texts, _ = make_texts(40, seed=5)
+    root = tmp_path / "table"
+    for n, (dt, region) in enumerate([("2024-01-01", "eu"), ("2024-01-02", "us")]):
+        part = root / f"dt={dt}" / f"region={region}"
+        part.mkdir(parents=True)
+        rows = texts[n * 20:(n + 1) * 20]
+        pq.write_table(pa.table({"id": [f"{n}-{i}" for i in range(len(rows))], "text": rows}), part / "part.parquet")
+    local_out = tmp_path / "local"
+    score_file(root, local_out, tiny_exported, graph="fp32", partition_types=("dt:date32",))
+
+    bspark.score_files(root, tmp_path / "spark_out", tiny_exported, ScoreConfig(graph="fp32", partition_types=("dt:date32",)))
+
+    local = pq.read_table(local_out).to_pylist()
+    written = pq.read_table(tmp_path / "spark_out")
+    assert written.schema.field("dt").type == pa.date32() and written.schema.field("region").type == pa.string()
+    assert sorted((r["id"], r["dt"], r["region"], r["label"]) for r in written.to_pylist()) == \
+        sorted((r["id"], r["dt"], r["region"], r["label"]) for r in local)
