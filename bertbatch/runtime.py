@@ -1,6 +1,6 @@
 """Runners that turn padded batches into logits: ONNX Runtime (CPU/CUDA, IOBinding) and PyTorch (parity).
 
-A runner has `input_names`, `provider`, and `run(input_ids, attention_mask, token_type_ids) -> float32 logits`.
+Every runner satisfies `Runner`; the scorer uses nothing else of it.
 """
 
 from __future__ import annotations
@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -17,6 +18,26 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """What the scorer needs of a backend.
+
+    `graph` is the path of the ONNX file that runs, or None for a runner that runs no file (PyTorch runs the
+    checkpoint's weights; the model directory's `model_hash(None)` hashes model.safetensors for it). `threads`
+    is the intra-op thread count when the runner has one; `num_labels` the logit width when the runner knows
+    it before running (checked against config.json at start)."""
+
+    provider: str
+    input_names: list[str]
+    graph: str | None
+    threads: int | None
+    num_labels: int | None
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None) -> np.ndarray:
+        """(rows, length) int64 inputs -> (rows, num_labels) float32 logits."""
+        ...
 
 
 def available_cpus() -> int:
@@ -145,7 +166,7 @@ class TorchRunner:
         self.input_names = ["input_ids", "attention_mask"]
         if getattr(self.model.config, "type_vocab_size", 0):
             self.input_names.append("token_type_ids")
-        self.graph = "torch"
+        self.graph = None  # runs model.safetensors, not a graph file
         self.num_labels = self.model.config.num_labels
         self.threads = self.torch.get_num_threads()
 

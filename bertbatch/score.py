@@ -16,7 +16,7 @@ from .batching import DEFAULT_BUDGET, GPU_BUCKETS, pad, plan_batches
 from .config import ScoreConfig
 from .errors import InputError, ModelError
 from .modeldir import ModelDir
-from .runtime import CUDA, OrtRunner, TorchRunner, resolve_provider
+from .runtime import CUDA, OrtRunner, Runner, TorchRunner, resolve_provider
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,8 @@ class Result:
 class Scorer:
     """Score texts with a model directory's ONNX graph (or its PyTorch weights when no graph exists)."""
 
-    def __init__(self, model_dir: str | Path, config: ScoreConfig | None = None, runner=None, **overrides):
+    def __init__(self, model_dir: str | Path, config: ScoreConfig | None = None, runner: Runner | None = None,
+                 **overrides):
         from dataclasses import replace
 
         self.config = config = replace(config or ScoreConfig(), **overrides)
@@ -62,8 +63,10 @@ class Scorer:
                 runner = TorchRunner(self.model.path, threads=config.threads, allow_pickle=config.allow_pickle)
             else:
                 runner = OrtRunner(graph, provider, config.threads)
-        self.runner = runner
-        self.graph = getattr(runner, "graph", "custom")
+        self.runner: Runner = runner
+        # the pre-Protocol name kept for callers that read it: the graph's path, "torch", or "custom" for a
+        # runner the caller built that runs no file (new code reads graph_file)
+        self.graph = runner.graph or ("torch" if isinstance(runner, TorchRunner) else "custom")
         self.max_length = min(config.max_length or self.model.max_length, self.model.max_length)
         window = config.long_text == "window"
         if window and config.stride >= self.max_length - 2:
@@ -76,6 +79,12 @@ class Scorer:
         self.max_batch_rows = config.max_batch_rows or default_rows
         self.oom_splits = 0
         check_consistency(self.model, self.tokenizer, runner)
+
+    @property
+    def graph_file(self) -> Path | None:
+        """The ONNX file that runs (hashed into outputs and job fingerprints), or None when the runner runs no
+        file (PyTorch on the checkpoint's weights, or a runner the caller built)."""
+        return Path(self.runner.graph) if self.runner.graph else None
 
     # -- stage 1: tokenize and plan (runs in a background thread in score_file)
     def encode(self, texts: list, pairs: list | None = None) -> Encoded:
@@ -220,8 +229,8 @@ def check_consistency(model: ModelDir, tokenizer, runner) -> None:
             f"{model.path}: the tokenizer has {tokenizer.get_vocab_size()} tokens but the embedding only "
             f"{rows} rows; ids past the table would be garbage. Use the tokenizer the model was trained with."
         )
-    width = getattr(runner, "num_labels", None)
-    if isinstance(width, int) and width != len(model.labels):
+    width = runner.num_labels
+    if width is not None and width != len(model.labels):
         raise ModelError(
             f"{model.path}: config.json names {len(model.labels)} labels (id2label) but the graph outputs "
             f"{width} logits. Re-export the model, or fix id2label."

@@ -327,3 +327,14 @@ def test_cuda_labels_match_cpu(tiny_exported):
     assert cuda.runner.provider == "CUDAExecutionProvider" and cuda.graph.endswith("model_fp16.onnx")
     cpu = Scorer(tiny_exported, provider="cpu", graph="fp32")
     np.testing.assert_allclose(cuda.logits(texts).logits, cpu.logits(texts).logits, atol=0.05)
+
+
+def test_runners_satisfy_the_protocol_and_name_the_file_that_runs(tiny_exported, fake):
+    from pathlib import Path
+
+    from bertbatch.runtime import Runner
+
+    onnx_scorer = Scorer(tiny_exported, provider="cpu", graph="fp32")
+    assert isinstance(onnx_scorer.runner, Runner) and isinstance(fake, Runner)
+    assert onnx_scorer.graph_file == Path(tiny_exported) / "onnx" / "model.onnx"
+    assert Scorer(tiny_exported, runner=fake).graph_file is None  # a runner that runs no file
