@@ -20,7 +20,7 @@ from .config import ScoreConfig
 from .errors import InputError, ModelError
 from .modeldir import ModelDir
 from .runtime import CUDA, OrtRunner, Runner, TorchRunner, available_cpus, resolve_provider
-from .tokenize import Tokens, tokenize
+from .tokenize import Tokens, ascii_twin, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class Scorer:
         self.tokenize_threads = min(config.threads or available_cpus(), available_cpus())
         self._pool: ThreadPoolExecutor | None = None
         self._single_types = any(self.tokenizer.encode("a").type_ids)
+        self._ascii_tokenizer = ascii_twin(self.tokenizer)
         check_consistency(self.model, self.tokenizer, runner)
 
     @property
@@ -145,7 +146,7 @@ class Scorer:
         # takes them and they can be otherwise (pairs, or a template that types single texts)
         types = "token_type_ids" in self.runner.input_names and (paired or self._single_types)
         tokens = tokenize(self.tokenizer, inputs, self.max_length, self.config.long_text == "window", types,
-                          pool=self._tokenizer_pool())
+                          pool=self._tokenizer_pool(), ascii_tokenizer=self._ascii_tokenizer)
         tokens.owner = valid[tokens.owner]
         truncated = np.zeros(n, dtype=bool)
         truncated[valid] = tokens.truncated

@@ -140,3 +140,28 @@ def test_pair_windows_keep_the_token_types_of_the_full_encoder(tiny_model):
     full = tok.encode_batch(pairs)[0]
     expected = [t for piece in [full, *full.overflowing] for t in piece.type_ids]
     assert tokens.types.tolist() == expected and len(tokens.owner) > 1
+
+
+def test_ascii_twin_encodes_every_ascii_text_like_the_full_tokenizer(tiny_model):
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from bertbatch.modeldir import ModelDir
+    from bertbatch.tokenize import ascii_twin
+
+    tok = ModelDir.open(tiny_model).tokenizer(16, stride=4)
+    twin = ascii_twin(tok)
+    assert twin is not None and twin.truncation == tok.truncation
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.text(st.characters(max_codepoint=127), max_size=80), min_size=1, max_size=20))
+    def same(texts):
+        for a, b in zip(tok.encode_batch(texts), twin.encode_batch_fast(texts)):
+            assert [p.ids for p in [a, *a.overflowing]] == [p.ids for p in [b, *b.overflowing]]
+            assert [p.type_ids for p in [a, *a.overflowing]] == [p.type_ids for p in [b, *b.overflowing]]
+
+    same()
+    mixed = ["plain text", "ünïcödé ✓ 表", "Café", "ASCII again", "中文"] * 40
+    tokens = tokenize(tok, mixed, 16, window=True, types=False, ascii_tokenizer=twin, chunk_rows=33)
+    expected = [p.ids for e in tok.encode_batch(mixed) for p in [e, *e.overflowing]]
+    assert [tokens.ids[a:b].tolist() for a, b in zip(tokens.offsets, tokens.offsets[1:])] == expected
