@@ -8,9 +8,11 @@ each in a fresh process, median of --runs:
   before  the bertbatch package at --before (default `main`), extracted with `git archive` to a temp dir
   after   the bertbatch package of this checkout
 Same input file, same model directory (the MiniLM tokenizer with a 2-label config; no weights are run).
-Prints a Markdown table; appends JSON lines to benchmarks/results/host.jsonl.
+With --model (a directory with exported graphs, e.g. models/sms-spam from `make demo`), also end to end with
+the real fp32 and int8 graphs on --e2e-rows rows, before and after alternating, all CPUs, outputs compared.
+Prints Markdown tables; appends JSON lines to benchmarks/results/host.jsonl.
 
-    .venv/bin/python benchmarks/bench_host.py [--rows 200000] [--runs 3] [--before main]
+    .venv/bin/python benchmarks/bench_host.py [--rows 200000] [--runs 3] [--before main] [--model models/sms-spam]
 """
 
 from __future__ import annotations
@@ -55,9 +57,12 @@ def child(args) -> dict:
     if hasattr(runtime, "Runner"):  # the Runner protocol: a runner that runs no file says so
         ZeroRunner.graph = None
     out = Path(args.out)
-    score_file(args.warmup_data, out, args.model, runner=ZeroRunner(), overwrite=True)  # imports, first calls
+    options = {"graph": args.graph} if args.graph else {"runner": ZeroRunner()}
+    score_file(args.warmup_data, out, args.model, overwrite=True, **options)  # imports, first calls
+    if args.graph:
+        options = {"graph": args.graph}  # a fresh session: session start is part of a real job
     start = time.perf_counter()
-    summary = score_file(args.data, out, args.model, runner=ZeroRunner(), overwrite=True)
+    summary = score_file(args.data, out, args.model, overwrite=True, **options)
     seconds = time.perf_counter() - start
     return {"cpus": len(cpus), "rows": summary["rows_written"], "seconds": round(seconds, 3),
             "rows_per_s": round(summary["rows_written"] / seconds, 1), "cpu_seconds": round(time.process_time(), 2)}
@@ -85,9 +90,9 @@ def extract(ref: str, into: Path) -> Path:
     return into
 
 
-def measure(code: Path, cpus: int, model: Path, data: Path, warmup: Path, out: Path) -> dict:
+def measure(code: Path, cpus: int, model: Path, data: Path, warmup: Path, out: Path, graph: str | None = None) -> dict:
     cmd = [sys.executable, __file__, "--child", "--cpus", str(cpus), "--model", str(model), "--data", str(data),
-           "--warmup-data", str(warmup), "--out", str(out)]
+           "--warmup-data", str(warmup), "--out", str(out)] + (["--graph", graph] if graph else [])
     env = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if done.returncode:
@@ -110,8 +115,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--before", default="main", help="git ref of the 'before' code")
     parser.add_argument("--cpus", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--model", help="model directory with exported graphs: also time fp32 and int8 end to end")
+    parser.add_argument("--e2e-rows", type=int, default=10_000)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    for name in ("--model", "--data", "--warmup-data", "--out"):
+    for name in ("--graph", "--data", "--warmup-data", "--out"):
         parser.add_argument(name, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -140,11 +147,13 @@ def main() -> None:
         for name, code in codes.items():  # the two versions' outputs on the same input, compared cell by cell
             measure(code, available_cpus(), model, data, warmup, tmp / f"{name}.parquet")
         outputs_equal = pq.read_table(tmp / "before.parquet").equals(pq.read_table(tmp / "after.parquet"))
+        e2e = end_to_end(args, codes, texts, tmp) if args.model else []
 
     commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     record = {"benchmark": "bench_host", "time": now(), "rows": args.rows, "runs": args.runs, "cpu": cpu_name(),
               "isa": isa_flags(), "available_cpus": available_cpus(), "load_avg": os.getloadavg(),
-              "before": args.before, "after": commit.stdout.strip(), "outputs_equal": outputs_equal, "results": []}
+              "before": args.before, "after": commit.stdout.strip(), "outputs_equal": outputs_equal, "results": [],
+              "end_to_end": e2e}
     table = []
     for cpus in counts:
         row = {}
@@ -158,6 +167,34 @@ def main() -> None:
           f"{', '.join(f'{x:.1f}' for x in record['load_avg'])}; {args.rows:,} SMS rows, zero-cost runner, "
           f"median of {args.runs}; outputs before = after: {outputs_equal}\n")
     print(markdown_table(["CPUs", f"before ({args.before}) rows/s", "after rows/s", "after / before"], table))
+    if e2e:
+        print(f"\nEnd to end, {args.model}, {args.e2e_rows:,} SMS rows, {available_cpus()} CPUs (before/after alternating):\n")
+        print(markdown_table(
+            ["graph", "before rows/s", "after rows/s", "after / before", "outputs identical"],
+            [[r["graph"], num(r["before"], 0), num(r["after"], 0), f"{r['after'] / r['before']:.2f}x", r["outputs_equal"]]
+             for r in e2e]))
+
+
+def end_to_end(args, codes: dict, texts: list, tmp: Path) -> list[dict]:
+    """fp32 and int8 with their real graphs, before and after alternating; median rows/s; outputs compared."""
+    import pyarrow.parquet as pq
+
+    from bertbatch.runtime import available_cpus
+
+    data, warmup = tmp / "e2e.parquet", tmp / "e2e_warmup.parquet"
+    write_table(data, (texts * (-(-args.e2e_rows // len(texts))))[: args.e2e_rows])
+    write_table(warmup, texts[:256])
+    model, cpus, results = Path(args.model).resolve(), available_cpus(), []
+    for graph in ("fp32", "int8"):
+        rates: dict[str, list[float]] = {"before": [], "after": []}
+        for _ in range(max(1, args.runs - 1)):
+            for name, code in codes.items():
+                run = measure(code, cpus, model, data, warmup, tmp / f"{graph}-{name}.parquet", graph)
+                rates[name].append(run["rows_per_s"])
+        same = pq.read_table(tmp / f"{graph}-before.parquet").equals(pq.read_table(tmp / f"{graph}-after.parquet"))
+        results.append({"graph": graph, "rows": args.e2e_rows, "cpus": cpus, "outputs_equal": same, "rows_per_s": rates,
+                        **{name: statistics.median(r) for name, r in rates.items()}})
+    return results
 
 
 if __name__ == "__main__":
