@@ -210,7 +210,7 @@ def run_context(model: ModelDir, key: str, runner, runs: int, warmup: int, data)
         "model": str(model.path),
         "model_name": model.name,
         "graph": key,
-        "graph_file": runner.graph,
+        "graph_file": runner.graph or "torch",  # a runner that runs no graph file (Runner protocol)
         "provider": runner.provider,
         "threads": getattr(runner, "threads", None),
         "mode": "synthetic" if data is None else "data",
