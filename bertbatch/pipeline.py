@@ -44,7 +44,7 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
     keep, kept_schema = check_inputs(files, config)
     scorer = _open_scorer(local_model_dir(model_dir, config.model_cache), config, runner)
     fmt = config.output_format or ("csv" if str(output) == "-" else output_format(str(output), None))
-    graph_path = None if scorer.graph in ("torch", "fake", "custom") else Path(scorer.graph)
+    graph_path = scorer.graph_file
     weights = graph_path or (_torch_weights(scorer.model.path) if scorer.graph == "torch" else None)
     model_files = model_files_digest(scorer.model.path, weights)
     metadata = {
@@ -225,7 +225,7 @@ def _summary(totals: dict, scorer: Scorer, metadata: dict, layout: OutputLayout,
         padding_ratio=round(totals["real_tokens"] / totals["padded_tokens"], 4) if totals.get("padded_tokens") else None,
         provider=metadata["bertbatch.provider"],
         graph=metadata["bertbatch.graph"],
-        threads=getattr(scorer.runner, "threads", None),
+        threads=scorer.runner.threads,
         output="-" if layout.stdout else str(layout.output),
         parts=[str(p) for p in layout.list_parts()] if layout.directory else None,
         rejects=str(layout.rejects_path) if layout.rejects_path and config.on_bad_rows == "reject" else None,
