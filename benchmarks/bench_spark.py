@@ -1,12 +1,16 @@
 """What does Spark cost over `bertbatch score` on one machine, for the same rows and the same cores?
 
 Scores the SMS Spam texts (repeated to --rows) with a model directory (default models/sms-spam, made by
-`make demo`) two ways, on the same cores:
-  local   bertbatch.score_file with --threads W (the baseline)
-  spark   bertbatch.spark.score_files on local[W]: W Python workers, one intra-op thread each
-Both are timed end to end as the CLI runs them (read, score, write Parquet). Spark's session start and the
+`make demo`) two ways, on the same W cores, in one run:
+  local       bertbatch.score_file with --threads W (the baseline)
+  standalone  bertbatch.spark.score_files on a real standalone cluster started here (tests/cluster.py): a master
+              and W workers with 1 core and 1g each on 127.0.0.1; the model shipped as a zip (the default)
+Runs alternate (local, standalone, local, ...) so that a shared machine's load falls on both alike; each is timed
+end to end as the CLI runs it (read, score, write Parquet, count the output). The session start and the
 workers' model load happen in an untimed warm-up, as on a long-lived cluster. Median of --runs runs each.
-Prints a Markdown table and appends a JSON line to benchmarks/results/spark.jsonl.
+After the runs, each executor JVM's RSS and each Python worker's RSS, USS and peak RSS (VmHWM) are read, to size
+spark.executor.pyspark.memory / memoryOverhead. Prints a Markdown table, appends a JSON line to
+benchmarks/results/spark.jsonl. (The earlier local[2] comparison is in the same file.)
 
     .venv/bin/python benchmarks/bench_spark.py [MODEL_DIR] [--rows 20000] [--workers 2] [--runs 3]
 """
@@ -14,41 +18,28 @@ Prints a Markdown table and appends a JSON line to benchmarks/results/spark.json
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
+import common
 import pyarrow.parquet as pq
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "tests"))  # tests/cluster.py: the standalone cluster the test suite uses too
 
 
-def make_input(path: Path, rows: int) -> None:
-    from bertbatch.assets import sms_spam_table
-
-    texts = sms_spam_table()["text"].to_pylist()
-    reps = -(-rows // len(texts))
-    pq.write_table(pa.table({"id": np.arange(rows, dtype=np.int64), "text": (texts * reps)[:rows]}), path)
-
-
-def spark_session(workers: int, scratch: Path):
+def session(master: str, scratch: Path):
     from pyspark.sql import SparkSession
 
-    # local workers start $PYSPARK_PYTHON (default: `python3` on PATH); the spark.pyspark.python conf is not read
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     session = (
-        SparkSession.builder.master(f"local[{workers}]")
+        SparkSession.builder.master(master)
         .appName("bench_spark")
         .config("spark.ui.enabled", "false")
-        .config("spark.pyspark.python", sys.executable)
         .config("spark.local.dir", str(scratch / "spark-local"))
         .config("spark.sql.warehouse.dir", str(scratch / "spark-warehouse"))
         .getOrCreate()
@@ -57,14 +48,13 @@ def spark_session(workers: int, scratch: Path):
     return session
 
 
-def timed(fn, runs: int) -> tuple[float, dict]:
-    """Median seconds of `runs` calls, and the last call's summary."""
-    seconds, summary = [], None
-    for _ in range(runs):
-        start = time.perf_counter()
-        summary = fn()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), summary
+def isa_flags() -> list[str]:
+    """The SIMD flags ONNX Runtime's kernels care about, as /proc/cpuinfo lists them (Linux)."""
+    try:
+        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return []
+    return [f for f in ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
 
 
 def labels_by_id(path: Path) -> dict:
@@ -72,90 +62,123 @@ def labels_by_id(path: Path) -> dict:
     return dict(zip(table["id"].to_pylist(), table["label"].to_pylist()))
 
 
-def context(model: str, data: Path) -> dict:
-    from tokenizers import Tokenizer
+def worker_memory() -> dict:
+    """MB held by each executor JVM and each Python worker now (idle, model loaded): RSS and USS."""
+    import psutil
 
-    from bertbatch.bench import cpu_model
-    from bertbatch.manifest import versions
-    from bertbatch.runtime import available_cpus
+    jvms, workers = [], []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        try:
+            if "CoarseGrainedExecutorBackend" in cmdline:
+                jvms.append(round(proc.memory_info().rss / 2**20))
+            elif "pyspark.daemon" in cmdline:
+                for child in proc.children():  # forked Python workers
+                    info = child.memory_full_info()
+                    workers.append({"rss_mb": round(info.rss / 2**20), "uss_mb": round(info.uss / 2**20),
+                                    "peak_rss_mb": peak_rss_mb(child.pid)})
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return {"executor_jvm_rss_mb": jvms, "python_workers": workers}
 
-    cpu = cpu_model()
-    java = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False).stderr.splitlines()
-    tok = Tokenizer.from_file(str(Path(model) / "tokenizer.json"))
-    tok.enable_truncation(128)
-    texts = pq.read_table(data, columns=["text"])["text"].to_pylist()[:5000]
-    lengths = np.array([len(e.ids) for e in tok.encode_batch(texts)])
-    return {
-        "cpu": cpu, "cpus": available_cpus(), "python": platform.python_version(), "java": java[0] if java else None,
-        "versions": versions("onnxruntime", "pyspark", "pyarrow", "tokenizers"),
-        "token_lengths": {"mean": round(float(lengths.mean()), 1), "p50": int(np.median(lengths)),
-                          "p95": int(np.percentile(lengths, 95)), "max": int(lengths.max())},
-    }
+
+def peak_rss_mb(pid: int) -> int | None:
+    """VmHWM of a process: its resident high-water mark, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return None
+
+
+def alternate(fns: dict, runs: int) -> dict:
+    """{name: median seconds}, calling each fn once per round, round after round (after one untimed round)."""
+    import statistics
+
+    times = {name: [] for name in fns}
+    for round_ in range(runs + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", nargs="?", default="models/sms-spam")
     parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--workers", type=int, default=2, help="local[W] Spark workers; the local run gets W threads")
+    parser.add_argument("--workers", type=int, default=2, help="W: Spark workers (1 core each); the local run gets W threads")
     parser.add_argument("--runs", type=int, default=3, help="timed runs of each engine (median reported)")
     parser.add_argument("--graph", help="fp32 | int8 (default: the best for CPU)")
     args = parser.parse_args()
     if not (Path(args.model) / "onnx").is_dir():
         raise SystemExit(f"{args.model} has no exported graphs: run `make demo` (or bertbatch train + export) first.")
 
+    from cluster import StandaloneCluster
+
     from bertbatch import score_file
     from bertbatch.spark import score_files
 
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"  # the driver, before its JVM starts: everything on loopback
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # sessions built here: workers run this Python
     options = {"graph": args.graph, "overwrite": True}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         data, warm = tmp / "input.parquet", tmp / "warm.parquet"
-        make_input(data, args.rows)
-        make_input(warm, 256)
-        ctx = context(args.model, data)
+        common.make_input(data, args.rows)
+        common.make_input(warm, 256)
+        ctx = common.context(args.model, common.read_texts(data), packages=("onnxruntime", "pyspark", "pyarrow",
+                                                                             "tokenizers"))
+        java = subprocess.run(["java", "-version"], capture_output=True, text=True, check=False).stderr.splitlines()
+        ctx["java"] = java[0] if java else None
+        ctx["isa"] = isa_flags()
 
-        score_file(warm, tmp / "local_warm.parquet", args.model, threads=args.workers, **options)
-        local_s, local = timed(lambda: score_file(data, tmp / "local.parquet", args.model, threads=args.workers,
-                                                  **options), args.runs)
+        env = {"PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        with StandaloneCluster(tmp / "cluster", workers=args.workers, env=env) as cluster:
+            started = time.perf_counter()
+            spark = session(cluster.url, tmp)
+            start_s = time.perf_counter() - started
+            try:
+                score_files([warm], tmp / "warm_out", args.model, **options)  # ships the model, workers load it
+                medians = alternate({
+                    "local": lambda: score_file(data, tmp / "local.parquet", args.model, threads=args.workers,
+                                                **options),
+                    "standalone": lambda: score_files([data], tmp / "standalone", args.model, **options),
+                }, args.runs)
+                summary = score_files([data], tmp / "standalone", args.model, **options)
+                memory = worker_memory()
+            finally:
+                spark.stop()
+        local = score_file(data, tmp / "local.parquet", args.model, threads=args.workers, **options)
+        local_labels, labels = labels_by_id(tmp / "local.parquet"), labels_by_id(tmp / "standalone")
+        assert len(labels) == len(local_labels) == args.rows, "row counts differ"
+        local_s, spark_s = medians["local"], medians["standalone"]
+        runs = [
+            {"engine": "local", "cores": f"{args.workers} ORT threads", "seconds": round(local_s, 3),
+             "rows_per_s": round(args.rows / local_s, 1), "provider": local["provider"], "graph": local["graph"]},
+            {"engine": "spark standalone", "master": summary["master"], "cores": f"{args.workers} workers x 1 thread",
+             "seconds": round(spark_s, 3), "rows_per_s": round(args.rows / spark_s, 1),
+             "x_local_time": round(spark_s / local_s, 3), "partitions": summary["partitions"],
+             "model_shipped": summary["model_shipped"], "providers": summary["providers"],
+             "session_start_s": round(start_s, 2),
+             "label_agreement_with_local": common.agreement([labels[k] for k in local_labels],
+                                                            list(local_labels.values()))},
+        ]
 
-        started = time.perf_counter()
-        session = spark_session(args.workers, tmp)
-        session_s = time.perf_counter() - started
-        try:
-            score_files([warm], tmp / "spark_warm", args.model, **options)  # workers load the model once
-            spark_s, spark = timed(lambda: score_files([data], tmp / "spark_out", args.model, **options), args.runs)
-        finally:
-            session.stop()
+    record = {"benchmark": "bench_spark", "time": common.now(), "model": args.model, "rows": args.rows,
+              "workers": args.workers, "runs_each": args.runs, **ctx, "runs": runs, "standalone_memory": memory,
+              "note": "machine shared with other jobs; ratios are from one run"}
+    common.append_jsonl("spark", record)
 
-        local_labels, spark_labels = labels_by_id(tmp / "local.parquet"), labels_by_id(tmp / "spark_out")
-        agreement = float(np.mean([spark_labels[k] == v for k, v in local_labels.items()]))
-        assert len(spark_labels) == len(local_labels) == args.rows, "row counts differ"
-
-    runs = [
-        {"engine": "local", "rows": args.rows, "seconds": round(local_s, 3), "rows_per_s": round(args.rows / local_s, 1),
-         "threads": local["threads"], "provider": local["provider"], "graph": local["graph"]},
-        {"engine": "spark", "master": spark["master"], "rows": args.rows, "seconds": round(spark_s, 3),
-         "rows_per_s": round(args.rows / spark_s, 1), "partitions": spark["partitions"], "providers": spark["providers"],
-         "session_start_s": round(session_s, 2), "label_agreement_with_local": round(agreement, 5)},
-    ]
-    overhead = spark_s / local_s  # > 1: Spark is slower on the same cores
-    record = {"benchmark": "bench_spark", "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": args.model,
-              "rows": args.rows, "workers": args.workers, "runs_each": args.runs, **ctx, "runs": runs,
-              "spark_overhead_ratio": round(overhead, 3)}
-    results = HERE / "results"
-    results.mkdir(exist_ok=True)
-    with open(results / "spark.jsonl", "a") as fh:
-        fh.write(json.dumps(record) + "\n")
-
-    print(f"{ctx['cpu']}, {ctx['cpus']} CPUs; {ctx['java']}; tokens/row mean {ctx['token_lengths']['mean']}, "
-          f"p95 {ctx['token_lengths']['p95']}; {args.rows:,} rows, median of {args.runs}\n")
-    print("| engine | cores | seconds | rows/s | × local | labels = local |")
-    print("|---|---|---|---|---|---|")
-    print(f"| local score_file | {args.workers} threads | {runs[0]['seconds']} | {runs[0]['rows_per_s']:,} | 1.0 | - |")
-    print(f"| spark {spark['master']} | {args.workers} workers × 1 thread | {runs[1]['seconds']} | "
-          f"{runs[1]['rows_per_s']:,} | {round(local_s / spark_s, 2)} | {agreement:.2%} |")
-    print(f"\nSpark overhead: {overhead:.2f}x the local time (session start {session_s:.1f} s, not included)")
+    print(f"{common.context_line(ctx)}; {' '.join(ctx['isa'])}; {ctx['java']}; {args.rows:,} rows, median of {args.runs} (machine shared)\n")
+    print(common.markdown_table(
+        ["engine", "cores", "seconds", "rows/s", "time × local", "session start s", "labels = local"],
+        [[r["engine"], r["cores"], r["seconds"], common.num(r["rows_per_s"]), r.get("x_local_time", 1.0),
+          r.get("session_start_s", "-"), f"{r.get('label_agreement_with_local', 1):.2%}"] for r in runs]))
+    print(f"\nStandalone, after scoring: executor JVM RSS {memory['executor_jvm_rss_mb']} MB; Python workers "
+          + ", ".join(f"RSS {w['rss_mb']} / USS {w['uss_mb']} / peak RSS {w['peak_rss_mb']} MB"
+                      for w in memory["python_workers"]))
 
 
 if __name__ == "__main__":

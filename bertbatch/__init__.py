@@ -1,7 +1,7 @@
 """bertbatch: fine-tune, export and batch-score BERT-family text classifiers.
 
 Public API (imported lazily so `import bertbatch` and scoring never import torch):
-    fine_tune, export_onnx, Scorer, score_file, evaluate, benchmark
+    fine_tune, export_onnx, Scorer, score_file, score_batches, evaluate, benchmark
 """
 
 from importlib import import_module
@@ -16,6 +16,7 @@ _API = {
     "export_onnx": "export",
     "Scorer": "score",
     "score_file": "pipeline",
+    "score_batches": "stream",
     "evaluate": "evaluate",
     "benchmark": "bench",
 }

@@ -18,7 +18,7 @@ import numpy as np
 
 from .batching import GPU_BUCKETS, pad, plan_batches
 from .errors import InputError, ModelError, require
-from .io import read_whole_table
+from .source import read_whole_table
 from .manifest import versions
 from .modeldir import GRAPH_FILES, ModelDir
 from .runtime import CUDA, OrtRunner, TorchRunner, available_cpus, resolve_provider
@@ -212,7 +212,7 @@ def run_context(model: ModelDir, key: str, runner, runs: int, warmup: int, data)
         "model": str(model.path),
         "model_name": model.name,
         "graph": key,
-        "graph_file": runner.graph,
+        "graph_file": runner.graph or "torch",  # a runner that runs no graph file (Runner protocol)
         "provider": runner.provider,
         "threads": getattr(runner, "threads", None),
         "mode": "synthetic" if data is None else "data",

@@ -1,10 +1,12 @@
 """The `bertbatch` command: parse options into a config, make one library call, print a summary.
 
-The only module that imports click. Library errors become one-line messages with exit code 1.
+The only module that imports click. Every failure becomes a one-line message and a documented exit code
+(errors.py; README, "Exit codes").
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -18,19 +20,54 @@ from .errors import BertbatchError
 
 
 def _friendly(fn):
-    """Turn library exceptions into click errors (message, exit 1) instead of tracebacks."""
+    """Turn every failure into a one-line `Error: ...` and its documented exit code (errors.py), never a traceback.
+
+    Library errors carry their own code; OS errors (permissions, full disk, a file where a directory should
+    be) are described with their path; anything else is a bug: one line, exit 70, the traceback with -v."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .errors import EXIT_BROKEN_PIPE, EXIT_BUG, EXIT_INTERRUPTED, EXIT_OUTPUT, describe_os_error
+
         try:
             return fn(*args, **kwargs)
         except BertbatchError as exc:
-            raise click.ClickException(str(exc)) from exc
+            _fail(str(exc), exc.exit_code)
         except BrokenPipeError:  # `-o - | head`: the reader left; stop quietly, as `cat` would
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(141)
+            sys.exit(EXIT_BROKEN_PIPE)
+        except OSError as exc:
+            _fail(f"Cannot complete the command: {describe_os_error(exc)}", EXIT_OUTPUT)
+        except KeyboardInterrupt:
+            _fail("Interrupted. A directory job can continue with --resume.", EXIT_INTERRUPTED)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: a message, not a traceback
+            if logging.getLogger().isEnabledFor(logging.DEBUG) or logging.getLogger().isEnabledFor(logging.INFO):
+                import traceback
+
+                traceback.print_exc()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _fail(f"Internal error {type(exc).__name__}: {first}. This is a bug in bertbatch; run again with -v "
+                  "for the traceback and report it.", EXIT_BUG)
 
     return wrapper
+
+
+def _fail(message: str, code: int):
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+def _key_values(pairs) -> dict:
+    """('k=v', ...) -> {k: v}; a pair without '=' is a usage error."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"expected KEY=VALUE, got '{pair}'.", param_hint="--spark-conf")
+        out[key.strip()] = value
+    return out
 
 
 def _csv_list(value):
@@ -40,9 +77,11 @@ def _csv_list(value):
 @click.group()
 @click.version_option(__version__, prog_name="bertbatch")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
-def cli(verbose, quiet):
+@click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress bars, tables or summaries.")
+@click.pass_context
+def cli(ctx, verbose, quiet):
     """Fine-tune, export and batch-score BERT-family text classifiers."""
+    ctx.obj = {"quiet": quiet}
     level = logging.ERROR if quiet else (logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
@@ -72,17 +111,85 @@ def cli(verbose, quiet):
 @click.option("--early-stopping-patience", default=2, show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pytorch_model.bin (pickle) base models.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--quiet", is_flag=True, help="No progress bar and no epoch table (as bertbatch -q).")
+@click.pass_context
 @_friendly
-def train(data, output, labels, **options):
+def train(ctx, data, output, labels, **options):
     """Fine-tune a classifier on a labeled CSV/Parquet table."""
     from .config import TrainConfig
     from .train import fine_tune
 
-    manifest = fine_tune(data, output, TrainConfig(labels=_csv_list(labels), **options))
+    options["quiet"] = quiet = options["quiet"] or (ctx.obj or {}).get("quiet", False)
+    report = None if quiet else _TrainReport()
+    try:
+        with _quiet_transformers(quiet):
+            manifest = fine_tune(data, output, TrainConfig(labels=_csv_list(labels), **options), progress=report)
+    finally:
+        if report:
+            report.close()
     metrics = manifest["train"]["test_metrics"]
     headline = {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
-    click.echo(f"Wrote {output} (labels {manifest['labels']}); test {json.dumps(headline)}")
+    if not quiet:
+        click.echo(f"Wrote {output} (labels {manifest['labels']}); test {json.dumps(headline)}")
+
+
+@contextlib.contextmanager
+def _quiet_transformers(quiet: bool):
+    """-q: transformers' own warnings (a new classification head, ...) are not errors; silenced meanwhile."""
+    if not quiet:
+        yield
+        return
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+class _TrainReport:
+    """One progress bar for the training steps (on a terminal) and one table row per epoch, on stderr."""
+
+    COLUMNS = ("epoch", "train_loss", "loss", "accuracy", "subset_accuracy", "macro_f1")
+
+    def __init__(self):
+        self.total = None
+        self.tty = sys.stderr.isatty()
+        self.header = False
+
+    def __call__(self, event: str, value):
+        if event == "steps":
+            self.total = value
+        elif event == "step" and self.tty and self.total:
+            width = 30
+            done = int(width * value / self.total)
+            sys.stderr.write(f"\rtraining [{'#' * done}{'.' * (width - done)}] {value}/{self.total} steps")
+            sys.stderr.flush()
+        elif event == "epoch":
+            self._row(value)
+
+    def _row(self, row: dict):
+        columns = [c for c in self.COLUMNS if c in row]
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+        if not self.header:
+            self.columns = columns
+            click.echo("  ".join(f"{('val_' + c) if c in ('loss', 'accuracy', 'macro_f1') else c:>12}"
+                                 for c in columns), err=True)
+            self.header = True
+        cells = [row.get(c) for c in self.columns]
+        click.echo("  ".join(f"{v:>12.4f}" if isinstance(v, float) else f"{v!s:>12}" for v in cells), err=True)
+
+    def close(self):
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
 
 
 @cli.command()
@@ -186,13 +293,25 @@ def _summary_line(s: dict) -> str:
         f"{s['rows_in']:,} rows in, {s['rows_written']:,} written ({s['rows_with_error']:,} with error), "
         f"{s['rows_rejected']:,} rejected; {s['rows_per_s']:,} rows/s, {s['tokens_per_s']:,} tokens/s, "
         f"padding efficiency {s['padding_ratio']}; {s['provider']} ({s['graph']}, {s['threads']} threads) -> {s['output']}"
-    )
+    ) + (f"; rejected rows -> {s['rejects']}" if s.get("rejects") else "")
+
+
+def _model_dir_or_uri(ctx, param, value):
+    """click callback: a store URI as given (its cache copy is made by the library), else an existing directory."""
+    if "://" in value and not value.startswith("file://"):
+        return value
+    return click.Path(exists=True, file_okay=False).convert(value, param, ctx)
 
 
 @cli.command()
-@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("model_dir", callback=_model_dir_or_uri)
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--output", "-o", required=True, help="Output file (.parquet/.csv/.jsonl), directory, or - for stdout.")
+@click.option("--output", "-o", required=True,
+              help="Output file (.parquet/.csv/.jsonl), directory, or - for stdout; a path or a store URI (s3://...).")
+@click.option("--partition-by", help="Comma-separated kept columns: directory output in Hive key=value directories.")
+@click.option("--partition-types", help="Types of input partition keys, e.g. dt:date32,year:int32 (default: strings).")
+@click.option("--model-cache", type=click.Path(file_okay=False),
+              help="Where a MODEL_DIR given as a store URI is copied once (default: ~/.cache/bertbatch/models).")
 @click.option("--text-column", default="text", show_default=True)
 @click.option("--text-pair-column", help="Second text of a sentence pair.")
 @click.option("--keep", help="Comma-separated input columns to pass through (default: all).")
@@ -218,21 +337,41 @@ def _summary_line(s: dict) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted directory job from its last committed part.")
 @click.option("--allow-pickle", is_flag=True, help="Allow a pytorch_model.bin checkpoint (PyTorch backend).")
+@click.option("--rejects", type=click.Path(dir_okay=False),
+              help="With --on-bad-rows reject: the rejected rows' CSV (default OUT.rejects.csv; needed with -o -).")
 @click.option("--rows-per-part", default=1_000_000, show_default=True, help="Directory output: rows per part file.")
 @click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
               help="spark: run the same scorer inside Apache Spark (needs the 'spark' extra).")
 @click.option("--master", default="local[*]", show_default=True, help="Spark master URL (with --engine spark).")
+@click.option("--ship-model/--no-ship-model", default=None,
+              help="Spark: zip the model and ship it to executors (default: unless the master is local); "
+                   "--no-ship-model: executors read MODEL_DIR at the same path (shared file system).")
+@click.option("--repartition/--no-repartition", default=True, show_default=True,
+              help="Spark: spread input with fewer partitions than --partitions over that many.")
+@click.option("--partitions", type=int, help="Spark: partitions to spread input over (default: default parallelism).")
+@click.option("--spark-conf", "spark_conf", multiple=True, metavar="KEY=VALUE",
+              help="Spark setting for the session bertbatch starts (repeatable), e.g. "
+                   "spark.pyspark.python=/opt/venv/bin/python, spark.executor.pyspark.memory=1g.")
 @click.option("--silent", is_flag=True, help="No progress bar and no summary.")
 @_friendly
-def score(model_dir, inputs, output, keep, silent, engine, master, **options):
-    """Label CSV/Parquet rows with MODEL_DIR's ONNX graph; one output row per input row, in order."""
+def score(model_dir, inputs, output, keep, silent, engine, master, ship_model, repartition, partitions, spark_conf,
+          partition_by, partition_types, **options):
+    """Label CSV/Parquet rows with MODEL_DIR's ONNX graph; one output row per input row, in order.
+
+    MODEL_DIR, INPUTS and -o take local paths or store URIs (s3://, gs://, abfs://, hdfs://, fsspec schemes)."""
     from .config import ScoreConfig
     from .pipeline import score_file
 
+    options["partition_by"] = _csv_list(partition_by)
+    options["partition_types"] = _csv_list(partition_types)
     if engine == "spark":
+        if options["partition_by"]:
+            raise click.UsageError("--partition-by is available with --engine local only.")
         from .spark import score_files
 
-        summary = score_files(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options), master=master)
+        summary = score_files(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options), master=master,
+                              ship_model=ship_model, repartition=repartition, partitions=partitions,
+                              spark_conf=_key_values(spark_conf))
         if not silent:
             click.echo(json.dumps(summary))
         return

@@ -117,6 +117,17 @@ class ScoreConfig:
     resume: bool = False  # continue an interrupted directory job from its last committed part
     rows_per_part: int = 1_000_000
     allow_pickle: bool = False  # PyTorch backend on a pytorch_model.bin checkpoint
+    # Where model directories given as store URIs are copied (once, hash-checked); None = ~/.cache/bertbatch/models.
+    model_cache: str | None = None
+    # Directory output in Hive `key=value` directories of these kept columns (readable by DuckDB, Spark, Polars).
+    partition_by: tuple[str, ...] | None = None
+    # Types of Hive partition keys read from input paths, "key:type" (pyarrow names); other keys are strings.
+    partition_types: tuple[str, ...] | None = None
+    rejects: str | None = None  # rejected rows' file for file and stdout outputs (default: OUT.rejects.csv)
+
+    @property
+    def partition_type_map(self) -> dict[str, str]:
+        return dict(item.split(":", 1) for item in self.partition_types or ())
 
     @property
     def text_columns(self) -> list[str]:
@@ -144,5 +155,9 @@ class ScoreConfig:
             raise InputError(f"--top-k must be at least 1; got {self.top_k}.")
         if self.rows_per_part < 1:
             raise InputError(f"--rows-per-part must be positive; got {self.rows_per_part}.")
+        if any(":" not in item for item in self.partition_types or ()):
+            raise InputError(f"--partition-types takes key:type pairs such as dt:date32,year:int32; got {self.partition_types}.")
+        if self.partition_by is not None and not self.partition_by:
+            raise InputError("--partition-by needs at least one column name.")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be at least 1; got {self.threads}.")

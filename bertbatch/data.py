@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .errors import InputError
-from .io import expand_inputs, read_whole_table
+from .source import expand_inputs, read_whole_table
 
 log = logging.getLogger(__name__)
 

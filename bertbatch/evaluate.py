@@ -83,7 +83,7 @@ def _score_graph(model_dir, graph: str, labeled: LabeledData, threshold: float, 
     from .score import Scorer
 
     scorer = Scorer(model_dir, graph=None if graph == DEFAULT_GRAPH else graph, **score_options)
-    path = None if scorer.graph == "torch" else Path(scorer.graph)
+    path = scorer.graph_file
     started = time.perf_counter()
     logits = scorer.logits(labeled.texts).logits
     seconds = time.perf_counter() - started

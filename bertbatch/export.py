@@ -141,6 +141,9 @@ def _preset(config: ExportConfig) -> str:
 # ------------------------------------------------------------------------------------------------- building
 def _build_graphs(model_dir: Path, build: Path, config: ExportConfig, calibration: list[str]) -> tuple[dict[str, Path], bool]:
     """The candidate graphs by key, and whether the last layer was trimmed to the first token."""
+    import warnings
+
+    import torch
     from optimum.exporters.onnx import onnx_export_from_model
 
     from .checkpoint import load_classifier
@@ -150,8 +153,10 @@ def _build_graphs(model_dir: Path, build: Path, config: ExportConfig, calibratio
     model = load_classifier(str(model_dir), allow_pickle=config.allow_pickle).eval()
     trimmed = config.trim_last_layer and trim_last_layer(model)
     try:
-        onnx_export_from_model(model, output=str(raw), task="text-classification", opset=config.opset,
-                               do_validation=False)
+        with warnings.catch_warnings():  # tracing warns about constants it records: expected here, not for the user
+            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            onnx_export_from_model(model, output=str(raw), task="text-classification", opset=config.opset,
+                                   do_validation=False)
     except Exception as exc:  # optimum raises assorted types for unsupported architectures
         raise ModelError(f"ONNX export of {model_dir} failed: {exc}") from None
     fp32_level, dynamic_level = ("O1", "O2") if config.optimize == "auto" else (config.optimize, config.optimize)

@@ -15,15 +15,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from .config import ScoreConfig
-from .errors import InputError
-from .io import Rejects, expand_inputs, input_schema, output_format, read_batches
-from .job import Job, fingerprint
-from .output import OutputLayout
-from .score import Result, Scorer, output_schema
+from .errors import InputError, ModelError
+from .job import Job, fingerprint, model_files_digest
+from .score import Scorer
+from .sink import OutputLayout, Writer, output_format
+from .summary import make_summary
+from .storage import local_model_dir
+from .source import Rejects, check_inputs, expand_inputs, input_is_directory, read_batches, total_rows
 
 log = logging.getLogger(__name__)
 
@@ -37,31 +36,48 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
     """
     config = replace(config or ScoreConfig(), **overrides)
     started = time.time()
-    files = expand_inputs(inputs)
-    input_is_dir = any(Path(i).is_dir() for i in ([inputs] if isinstance(inputs, (str, Path)) else inputs))
+    files = expand_inputs(inputs, config.partition_type_map)
+    input_is_dir = input_is_directory(inputs)
+    if str(output) == "-" and config.on_bad_rows == "reject" and not config.rejects:
+        raise InputError("-o - with --on-bad-rows reject needs --rejects FILE: stdout carries the scored rows only, "
+                         "the rejected rows go to FILE.")
     keep, kept_schema = check_inputs(files, config)
-    scorer = Scorer(model_dir, config, runner=runner)
+    scorer = _open_scorer(local_model_dir(model_dir, config.model_cache), config, runner)
     fmt = config.output_format or ("csv" if str(output) == "-" else output_format(str(output), None))
-    layout = OutputLayout(str(output), fmt, files, input_is_dir, config.overwrite, config.resume)
-    graph_path = None if scorer.graph in ("torch", "fake", "custom") else Path(scorer.graph)
+    graph_path = scorer.graph_file
+    weights = graph_path or (_torch_weights(scorer.model.path) if scorer.graph == "torch" else None)
+    model_files = model_files_digest(scorer.model.path, weights)
     metadata = {
         "bertbatch.version": _version(),
         "bertbatch.model": scorer.model.name,
-        "bertbatch.model_hash": scorer.model.model_hash(graph_path),
+        # of the bytes that run, not the hash recorded at export
+        "bertbatch.model_hash": next(iter(model_files.values())) if weights is not None and model_files else "",
         "bertbatch.graph": scorer.model.graph_key(graph_path) if graph_path or scorer.graph == "torch" else scorer.graph,
         "bertbatch.provider": scorer.runner.provider,
     }
+    layout = OutputLayout(str(output), fmt, files, input_is_dir, config.overwrite, config.resume, config.rejects,
+                          config.partition_by)
+    try:
+        return _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files, fmt, progress, started)
+    finally:
+        layout.release()
+
+
+def _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files, fmt, progress, started) -> dict:
     job = None
     if layout.directory:
-        fp = fingerprint(files, metadata["bertbatch.model_hash"], metadata["bertbatch.graph"],
-                         metadata["bertbatch.provider"], config, fmt)
-        job = Job.start(layout.output, fp, config.resume)
-        if job.complete:  # re-running a finished job changes nothing
-            return _summary(job.state, scorer, metadata, layout, started, resumed=True)
-    writer = _Writer(layout, job, kept_schema, scorer, config, metadata)
+        fp = fingerprint(files, model_files, metadata["bertbatch.graph"], metadata["bertbatch.provider"], config,
+                         fmt, scorer.max_length)
+        job = Job.start(layout.output, fp, config.resume, layout.run_id)
+        if config.resume:
+            layout.verify_parts(job.state["parts"])  # a part lost or damaged since the crash: say so now
+        if job.complete:  # re-running a finished job changes nothing (a kill before `_SUCCESS`: write it)
+            layout.finish_success()
+            return _summary(job.state, scorer, metadata, layout, started, resumed=True, config=config)
+    writer = Writer(layout, job, kept_schema, scorer, config, metadata)
     rejects = Rejects() if config.on_bad_rows == "reject" else None
     stop, threads = threading.Event(), []
-    total = _total_rows(files)
+    total = total_rows(files)
     try:
         for item in _background(_scored(scorer, files, keep, config, rejects, job, stop, threads), 2, stop, threads):
             writer.take(*item, rejects)
@@ -76,7 +92,31 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
         if isinstance(exc, InputError) and not config.resume:
             layout.remove_outputs()  # bad data fails again on retry: leave nothing under the final name
         raise
-    return _summary(totals, scorer, metadata, layout, started, resumed=config.resume)
+    return _summary(totals, scorer, metadata, layout, started, resumed=config.resume, config=config)
+
+
+def _torch_weights(model_path: Path) -> Path | None:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (model_path / name).is_file():
+            return model_path / name
+    return None
+
+
+def _open_scorer(model_dir, config: ScoreConfig, runner) -> Scorer:
+    """The Scorer; a graph that ONNX / ONNX Runtime cannot load (truncated, corrupt) is a ModelError."""
+    try:
+        return Scorer(model_dir, config, runner=runner)
+    except Exception as exc:
+        module = type(exc).__module__ or ""
+        if not module.startswith(("onnx", "google.protobuf")):
+            raise
+        from .modeldir import ModelDir
+        from .runtime import resolve_provider
+
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        graph = ModelDir.open(model_dir).graph_path(config.graph, resolve_provider(config.provider))
+        raise ModelError(f"Cannot load the graph {graph}: {first}. The file is damaged or not ONNX; "
+                         f"run `bertbatch export {model_dir}` again.") from None
 
 
 # ------------------------------------------------------------------------------------------------- stages
@@ -125,81 +165,6 @@ def _scored(scorer: Scorer, files, keep, config: ScoreConfig, rejects, job, stop
         yield index, chunk, scorer.assemble(batch, keep, result), result
 
 
-class _Writer:
-    """Owns the open sink: switches parts, commits them, records them in the job manifest."""
-
-    def __init__(self, layout: OutputLayout, job: Job | None, kept: pa.Schema, scorer: Scorer, config, metadata):
-        self.layout, self.job, self.config = layout, job, config
-        self.schema = output_schema(kept, scorer.model.labels, scorer.model.multi_label, config).with_metadata(metadata)
-        self.sink = self.key = None
-        self.rows_this_run = self.real = self.padded = self.errors = self.part_errors = 0
-        self.rows_before = sum(p["rows"] for p in job.state["parts"]) if job else 0
-        self.known_rejects = job.reject_keys() if job else set()
-        self.rejects_taken = 0
-
-    def take(self, index, chunk, out, result: Result | None, rejects) -> None:
-        if out is None:  # end of input file `index`
-            if self.layout.directory and self.key and self.key[0] == index:
-                self._commit(rejects, last=True)
-            elif self.job and self.layout.directory:
-                self.job.mark_file_done(index)
-            return
-        key = (index, chunk) if self.layout.directory else (0, 0)
-        if self.sink is not None and key != self.key:
-            self._commit(rejects, last=False)
-        if self.sink is None:
-            self.sink, self.key = self.layout.open(self.schema, *key), key
-        self.sink.write(out.cast(self.schema) if out.schema != self.schema else out)
-        self.rows_this_run += out.num_rows
-        self.real += result.real_tokens
-        self.padded += result.padded_tokens
-        errors = sum(e is not None for e in result.errors)
-        self.errors += errors
-        self.part_errors += errors
-
-    def _new_rejects(self, rejects) -> list[dict]:
-        if rejects is None:
-            return []
-        fresh = [r for r in rejects.rows[self.rejects_taken:] if (r["file"], r["where"]) not in self.known_rejects]
-        self.rejects_taken = len(rejects.rows)
-        return fresh
-
-    def _commit(self, rejects, last: bool) -> None:
-        sink, (index, chunk) = self.sink, self.key
-        sink.commit()
-        self.sink = self.key = None
-        if self.job:
-            self.job.record(sink.path.name, index, chunk, sink.rows, self.part_errors, self._new_rejects(rejects), last)
-        self.part_errors = 0
-
-    def close(self, rejects, expected_rows: int | None) -> dict:
-        if self.sink is not None:
-            self._commit(rejects, last=True)
-        elif self.key is None and not self.layout.directory and self.rows_this_run == 0:
-            self.layout.open(self.schema, 0, 0).commit()  # no rows at all: a header-only output, full schema
-        if self.job:
-            self._new_rejects(rejects)
-            all_rejects = self.job.all_rejects()
-            written = self.layout.verify_parts(self.job.state["parts"])
-            self.errors = self.job.errors()
-        else:
-            all_rejects = self._new_rejects(rejects)
-            written = self.rows_this_run
-        rows_in = written + len(all_rejects)
-        if expected_rows is not None and rows_in != expected_rows:
-            raise InputError(f"Row conservation failed: the inputs hold {expected_rows} rows, {rows_in} were accounted for.")
-        totals = {"rows_in": rows_in, "rows_written": written, "rows_rejected": len(all_rejects),
-                  "rows_with_error": self.errors, "rows_this_run": self.rows_this_run,
-                  "real_tokens": self.real, "padded_tokens": self.padded}
-        self.layout.finish(all_rejects, self.job, totals)
-        return totals
-
-    def abort(self) -> None:
-        if self.sink is not None:
-            self.sink.abort()
-            self.sink = None
-
-
 # ------------------------------------------------------------------------------------------------- helpers
 def _background(iterable, depth: int, stop: threading.Event, threads: list):
     """Run a generator in a thread with a bounded queue; its exceptions surface in the consumer.
@@ -241,62 +206,30 @@ def _background(iterable, depth: int, stop: threading.Event, threads: list):
         yield item
 
 
-def check_inputs(files: list[Path], config: ScoreConfig) -> tuple[list[str], pa.Schema]:
-    """Check every input file before any output: text column present and textual, same kept schema."""
-    reference = None
-    needed = config.text_columns
-    for path in files:
-        schema = input_schema(path)
-        for column in needed:
-            if column not in schema.names:
-                raise InputError(f"Column '{column}' not found in {path}; columns are {schema.names}. Use --text-column NAME.")
-            kind = schema.field(column).type
-            if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
-                raise InputError(f"Column '{column}' in {path} has type {kind}; text must be strings.")
-        keep = list(config.keep) if config.keep is not None else schema.names
-        missing = [c for c in keep if c not in schema.names]
-        if missing:
-            raise InputError(f"--keep columns {missing} not found in {path}; columns are {schema.names}.")
-        kept = pa.schema([schema.field(c) for c in keep])
-        if reference is None:
-            reference = (path, kept)
-        elif not kept.equals(reference[1]):
-            raise InputError(
-                f"Input files have different schemas: {reference[0]} has {reference[1].names} "
-                f"({[str(t) for t in reference[1].types]}), {path} has {kept.names} ({[str(t) for t in kept.types]})."
-            )
-    return list(reference[1].names), reference[1]
-
-
-def _total_rows(files: list[Path]) -> int | None:
-    """Row count from Parquet metadata (an independent check of conservation); None for CSV."""
-    if all(str(f).lower().endswith((".parquet", ".pq")) for f in files):
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    return None
-
-
-def _summary(totals: dict, scorer: Scorer, metadata: dict, layout: OutputLayout, started: float, resumed: bool) -> dict:
+def _summary(totals: dict, scorer: Scorer, metadata: dict, layout: OutputLayout, started: float, resumed: bool,
+             config: ScoreConfig) -> dict:
     seconds = time.time() - started
     run_rows = totals.get("rows_this_run", 0)
-    return {
-        "rows_in": totals["rows_in"],
-        "rows_written": totals["rows_written"],
-        "rows_scored": totals["rows_written"] - totals["rows_with_error"],
-        "rows_with_error": totals["rows_with_error"],
-        "rows_rejected": totals["rows_rejected"],
-        "rows_this_run": run_rows,
-        "resumed": resumed,
-        "seconds": round(seconds, 3),
-        "rows_per_s": round(run_rows / seconds, 1) if seconds else None,
-        "tokens_per_s": round(totals.get("real_tokens", 0) / seconds, 1) if seconds else None,
-        "padding_ratio": round(totals["real_tokens"] / totals["padded_tokens"], 4) if totals.get("padded_tokens") else None,
-        "provider": metadata["bertbatch.provider"],
-        "graph": metadata["bertbatch.graph"],
-        "threads": getattr(scorer.runner, "threads", None),
-        "output": "-" if layout.stdout else str(layout.output),
-        "parts": [str(p) for p in layout.list_parts()] if layout.directory else None,
-        "rejects": str(layout.rejects_path) if totals["rows_rejected"] else None,
-    }
+    return make_summary(
+        engine="local",
+        rows_in=totals["rows_in"],
+        rows_written=totals["rows_written"],
+        rows_scored=totals["rows_written"] - totals["rows_with_error"],
+        rows_with_error=totals["rows_with_error"],
+        rows_rejected=totals["rows_rejected"],
+        rows_this_run=run_rows,
+        resumed=resumed,
+        seconds=round(seconds, 3),
+        rows_per_s=round(run_rows / seconds, 1) if seconds else None,
+        tokens_per_s=round(totals.get("real_tokens", 0) / seconds, 1) if seconds else None,
+        padding_ratio=round(totals["real_tokens"] / totals["padded_tokens"], 4) if totals.get("padded_tokens") else None,
+        provider=metadata["bertbatch.provider"],
+        graph=metadata["bertbatch.graph"],
+        threads=scorer.runner.threads,
+        output="-" if layout.stdout else str(layout.output),
+        parts=[str(p) for p in layout.list_parts()] if layout.directory else None,
+        rejects=str(layout.rejects_path) if layout.rejects_path and config.on_bad_rows == "reject" else None,
+    )
 
 
 def _version() -> str:

@@ -1,13 +1,15 @@
 """Runners that turn padded batches into logits: ONNX Runtime (CPU/CUDA, IOBinding) and PyTorch (parity).
 
-A runner has `input_names`, `provider`, and `run(input_ids, attention_mask, token_type_ids) -> float32 logits`.
+Every runner satisfies `Runner`; the scorer uses nothing else of it.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -17,6 +19,26 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """What the scorer needs of a backend.
+
+    `graph` is the path of the ONNX file that runs, or None for a runner that runs no file (PyTorch runs the
+    checkpoint's weights; the model directory's `model_hash(None)` hashes model.safetensors for it). `threads`
+    is the intra-op thread count when the runner has one; `num_labels` the logit width when the runner knows
+    it before running (checked against config.json at start)."""
+
+    provider: str
+    input_names: list[str]
+    graph: str | None
+    threads: int | None
+    num_labels: int | None
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None) -> np.ndarray:
+        """(rows, length) int64 inputs -> (rows, num_labels) float32 logits."""
+        ...
 
 
 def available_cpus() -> int:
@@ -73,6 +95,31 @@ def check_external_data(graph: str | Path) -> None:
             )
 
 
+class BufferCache:
+    """Buffers kept by key (a batch shape) and reused, the least recently used dropped past `capacity`.
+
+    Token-budget batches come in few shapes (GPU buckets x row counts), so device input buffers are made once
+    per shape and refilled in place instead of allocated for every batch."""
+
+    def __init__(self, capacity: int = 64):
+        self.capacity = capacity
+        self.made = 0  # buffers allocated so far
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key, make: Callable[[], object]):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        while len(self._items) >= self.capacity:
+            self._items.popitem(last=False)
+        self._items[key] = value = make()
+        self.made += 1
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class OrtRunner:
     """An ONNX Runtime session that feeds only the inputs the graph declares."""
 
@@ -108,6 +155,8 @@ class OrtRunner:
         self.num_labels = width if isinstance(width, int) else None
         self.threads = options.intra_op_num_threads
         self._binding = self.session.io_binding() if self.provider == CUDA else None
+        self._device, self._device_id = "cuda", device_id
+        self._inputs = BufferCache()  # (input name, shape) -> device OrtValue, refilled per batch
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None):
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -119,13 +168,19 @@ class OrtRunner:
         return np.asarray(self.session.run([self.output_name], feeds)[0], dtype=np.float32)
 
     def _run_bound(self, feeds: dict) -> np.ndarray:
-        """CUDA: copy inputs to the device once, let ORT allocate the output there, copy logits back."""
+        """CUDA: copy inputs into device buffers made once per batch shape, let ORT allocate the output there,
+        copy logits back."""
+        ort = require("onnxruntime", "cpu")
         binding = self._binding
         binding.clear_binding_inputs()
         binding.clear_binding_outputs()
         for name, array in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array))
-        binding.bind_output(self.output_name, "cuda")
+            shape = array.shape
+            value = self._inputs.get((name, shape), lambda: ort.OrtValue.ortvalue_from_shape_and_type(
+                shape, np.int64, self._device, self._device_id))
+            value.update_inplace(np.ascontiguousarray(array, dtype=np.int64))
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(self.output_name, self._device)
         self.session.run_with_iobinding(binding)
         return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
 
@@ -145,7 +200,7 @@ class TorchRunner:
         self.input_names = ["input_ids", "attention_mask"]
         if getattr(self.model.config, "type_vocab_size", 0):
             self.input_names.append("token_type_ids")
-        self.graph = "torch"
+        self.graph = None  # runs model.safetensors, not a graph file
         self.num_labels = self.model.config.num_labels
         self.threads = self.torch.get_num_threads()
 

@@ -6,17 +6,21 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from .batching import DEFAULT_BUDGET, GPU_BUCKETS, pad, plan_batches
+from .batching import DEFAULT_BUDGET, GPU_BUCKETS, pad_rows, plan_batches
 from .config import ScoreConfig
 from .errors import InputError, ModelError
 from .modeldir import ModelDir
-from .runtime import CUDA, OrtRunner, TorchRunner, resolve_provider
+from .runtime import CUDA, OrtRunner, Runner, TorchRunner, available_cpus, resolve_provider
+from .tokenize import Tokens, ascii_twin, tokenize
 from .tune import choose_settings
 
 log = logging.getLogger(__name__)
@@ -27,12 +31,17 @@ class Encoded:
     """A window of rows, tokenized and planned; rows without usable text are set aside with a reason."""
 
     n: int
-    segments: list  # token id lists, one per model input (several per row in window mode)
-    type_ids: list
-    owner: np.ndarray  # row index of each segment
-    truncated: np.ndarray  # (n,) bool
+    tokens: Tokens  # one segment per model input (several per row in window mode); owner = row index
     errors: list  # (n,) None or reason
     plan: list = field(default_factory=list)
+
+    @property
+    def owner(self) -> np.ndarray:
+        return self.tokens.owner
+
+    @property
+    def truncated(self) -> np.ndarray:
+        return self.tokens.truncated
 
 
 @dataclass
@@ -49,7 +58,8 @@ class Result:
 class Scorer:
     """Score texts with a model directory's ONNX graph (or its PyTorch weights when no graph exists)."""
 
-    def __init__(self, model_dir: str | Path, config: ScoreConfig | None = None, runner=None, **overrides):
+    def __init__(self, model_dir: str | Path, config: ScoreConfig | None = None, runner: Runner | None = None,
+                 **overrides):
         from dataclasses import replace
 
         self.config = config = replace(config or ScoreConfig(), **overrides)
@@ -66,9 +76,11 @@ class Scorer:
                 runner = TorchRunner(self.model.path, threads=config.threads, allow_pickle=config.allow_pickle)
             else:
                 runner = OrtRunner(graph, provider, settings.threads)
-        self.runner = runner
+        self.runner: Runner = runner
         self.settings_reason = settings.reason if settings else "runner given by the caller"
-        self.graph = getattr(runner, "graph", "custom")
+        # the pre-Protocol name kept for callers that read it: the graph's path, "torch", or "custom" for a
+        # runner the caller built that runs no file (new code reads graph_file)
+        self.graph = runner.graph or ("torch" if isinstance(runner, TorchRunner) else "custom")
         self.max_length = min(config.max_length or self.model.max_length, self.model.max_length)
         window = config.long_text == "window"
         if window and config.stride >= self.max_length - 2:
@@ -80,10 +92,21 @@ class Scorer:
         self.max_tokens = config.max_tokens or (settings.max_tokens if settings else default_tokens)
         self.max_batch_rows = config.max_batch_rows or (settings.max_batch_rows if settings else default_rows)
         self.oom_splits = 0
+        self.tokenize_threads = min(config.threads or available_cpus(), available_cpus())
+        self._pool: ThreadPoolExecutor | None = None
+        self._single_types = any(self.tokenizer.encode("a").type_ids)
+        self._ascii_tokenizer = ascii_twin(self.tokenizer)
         check_consistency(self.model, self.tokenizer, runner)
+
+    @property
+    def graph_file(self) -> Path | None:
+        """The ONNX file that runs (hashed into outputs and job fingerprints), or None when the runner runs no
+        file (PyTorch on the checkpoint's weights, or a runner the caller built)."""
+        return Path(self.runner.graph) if self.runner.graph else None
 
     # -- stage 1: tokenize and plan (runs in a background thread in score_file)
     def encode(self, texts: list, pairs: list | None = None) -> Encoded:
+        """Tokenize and plan in-memory texts (any Python objects: those that are not usable text get an error)."""
         n = len(texts)
         errors: list = [None] * n
         valid = []
@@ -97,34 +120,68 @@ class Scorer:
             else:
                 valid.append(i)
         inputs = [texts[i] for i in valid] if pairs is None else [(texts[i], pairs[i] or "") for i in valid]
-        encodings = self.tokenizer.encode_batch(inputs, add_special_tokens=True) if inputs else []
+        return self._encode_valid(n, np.asarray(valid, dtype=np.int64), inputs, pairs is not None, errors)
+
+    def encode_arrays(self, texts: pa.Array, pairs: pa.Array | None = None) -> Encoded:
+        """`encode` on Arrow string arrays: which rows are null or blank is decided on the arrays, and only the
+        usable texts become Python strings (the tokenizer takes nothing else)."""
+        if not all(pa.types.is_string(a.type) or pa.types.is_large_string(a.type)
+                   for a in ([texts] if pairs is None else [texts, pairs])):
+            return self.encode(texts.to_pylist(), None if pairs is None else pairs.to_pylist())
+        n = len(texts)
+        null = texts.is_null().to_numpy(zero_copy_only=False)
+        blank = pc.match_substring_regex(texts, blank_pattern()).fill_null(False).to_numpy(zero_copy_only=False)
+        errors: list = [None] * n
+        for i in np.flatnonzero(null).tolist():
+            errors[i] = "null text"
+        for i in np.flatnonzero(blank).tolist():
+            errors[i] = "empty text"
+        usable = ~(null | blank)
+        valid = np.flatnonzero(usable)
+        chosen = texts if len(valid) == n else texts.filter(pa.array(usable))
+        if pairs is None:
+            inputs = chosen.to_pylist()
+        else:
+            second = pairs if len(valid) == n else pairs.filter(pa.array(usable))
+            inputs = list(zip(chosen.to_pylist(), second.fill_null("").to_pylist()))
+        return self._encode_valid(n, valid, inputs, pairs is not None, errors)
+
+    def _encode_valid(self, n: int, valid: np.ndarray, inputs: list, paired: bool, errors: list) -> Encoded:
+        # token type ids are all zero for single texts under BERT-style templates; read them only when the graph
+        # takes them and they can be otherwise (pairs, or a template that types single texts)
+        types = "token_type_ids" in self.runner.input_names and (paired or self._single_types)
+        tokens = tokenize(self.tokenizer, inputs, self.max_length, self.config.long_text == "window", types,
+                          pool=self._tokenizer_pool(), ascii_tokenizer=self._ascii_tokenizer)
+        tokens.owner = valid[tokens.owner]
         truncated = np.zeros(n, dtype=bool)
-        segments, type_ids, owner = [], [], []
-        window = self.config.long_text == "window"
-        for row, enc in zip(valid, encodings):
-            truncated[row] = bool(enc.overflowing)
-            for piece in [enc, *enc.overflowing] if window else [enc]:
-                segments.append(piece.ids)
-                type_ids.append(piece.type_ids)
-                owner.append(row)
-        encoded = Encoded(n, segments, type_ids, np.asarray(owner, dtype=np.int64), truncated, errors)
+        truncated[valid] = tokens.truncated
+        tokens.truncated = truncated
+        encoded = Encoded(n, tokens, errors)
         encoded.plan = plan_batches(
-            [len(s) for s in segments], self.max_tokens, self.max_batch_rows, self.max_length, buckets=self.buckets,
+            tokens.lengths, self.max_tokens, self.max_batch_rows, self.max_length, buckets=self.buckets,
         )
         return encoded
+
+    def _tokenizer_pool(self) -> ThreadPoolExecutor | None:
+        """Threads that feed the tokenizer chunks side by side (it releases the GIL); as many as ONNX Runtime
+        may use, made on first use."""
+        if self._pool is None and self.tokenize_threads > 1:
+            self._pool = ThreadPoolExecutor(self.tokenize_threads, thread_name_prefix="bertbatch-tokenize")
+        return self._pool
 
     # -- stage 2: run the planned batches and aggregate per row
     def run(self, encoded: Encoded) -> Result:
         k = len(self.model.labels)
-        seg_logits = np.empty((len(encoded.segments), k), dtype=np.float32)
+        tokens = encoded.tokens
+        seg_logits = np.empty((len(tokens.owner), k), dtype=np.float32)
         real = padded = 0
         for batch in encoded.plan:
-            seqs = [encoded.segments[i] for i in batch.rows]
-            ids, mask = pad(seqs, batch.length)
-            types, _ = pad([encoded.type_ids[i] for i in batch.rows], batch.length)
+            ids, mask = pad_rows(tokens.ids, tokens.offsets, batch.rows, batch.length)
+            types = np.zeros_like(ids) if tokens.types is None else pad_rows(tokens.types, tokens.offsets,
+                                                                               batch.rows, batch.length)[0]
             logits = self._run_halving(ids, mask, types)
-            if logits.shape != (len(seqs), k):
-                raise ModelError(f"The graph returned logits of shape {logits.shape}; expected ({len(seqs)}, {k}).")
+            if logits.shape != (len(batch.rows), k):
+                raise ModelError(f"The graph returned logits of shape {logits.shape}; expected ({len(batch.rows)}, {k}).")
             seg_logits[batch.rows] = logits
             real += int(mask.sum())
             padded += mask.size
@@ -132,7 +189,10 @@ class Scorer:
         probs = np.full((encoded.n, k), np.nan, dtype=np.float32)
         logits = np.full((encoded.n, k), np.nan, dtype=np.float32)
         windows = np.bincount(encoded.owner, minlength=encoded.n)
-        if len(encoded.owner):
+        if len(encoded.owner) and windows.max() == 1:  # one segment per row: its values are the row's (mean or max)
+            probs[encoded.owner] = seg_probs
+            logits[encoded.owner] = seg_logits
+        elif len(encoded.owner):
             if self.config.aggregate == "max":
                 np.fmax.at(probs, encoded.owner, seg_probs)
                 np.fmax.at(logits, encoded.owner, seg_logits)
@@ -161,9 +221,8 @@ class Scorer:
 
     def encode_batch(self, batch: pa.RecordBatch) -> Encoded:
         """`encode` on the text (and pair) columns of an Arrow record batch."""
-        texts = batch.column(self.config.text_column).to_pylist()
         pair = self.config.text_pair_column
-        return self.encode(texts, batch.column(pair).to_pylist() if pair else None)
+        return self.encode_arrays(batch.column(self.config.text_column), batch.column(pair) if pair else None)
 
     def label_batch(self, batch: pa.RecordBatch, keep: list[str]) -> pa.RecordBatch:
         """Score one Arrow record batch: the `keep` columns, then the result columns (same rows, same order)."""
@@ -225,8 +284,8 @@ def check_consistency(model: ModelDir, tokenizer, runner) -> None:
             f"{model.path}: the tokenizer has {tokenizer.get_vocab_size()} tokens but the embedding only "
             f"{rows} rows; ids past the table would be garbage. Use the tokenizer the model was trained with."
         )
-    width = getattr(runner, "num_labels", None)
-    if isinstance(width, int) and width != len(model.labels):
+    width = runner.num_labels
+    if width is not None and width != len(model.labels):
         raise ModelError(
             f"{model.path}: config.json names {len(model.labels)} labels (id2label) but the graph outputs "
             f"{width} logits. Re-export the model, or fix id2label."
@@ -242,34 +301,53 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (1 / (1 + np.exp(-x))).astype(np.float32)
 
 
+@cache
+def blank_pattern() -> str:
+    """A regex matching exactly the strings Python's str.strip() empties: only characters str.isspace() holds
+    true for (all of them lie below U+3001; tests/test_score.py checks the whole code space)."""
+    spaces = "".join(f"\\x{{{c:x}}}" for c in range(0x3001) if chr(c).isspace())
+    return f"^[{spaces}]*$"
+
+
 def result_columns(result: Result, labels: list[str], multi_label: bool, config: ScoreConfig) -> dict[str, pa.Array]:
-    """The output columns that follow the kept input columns (see ARCHITECTURE.md, output schema)."""
-    ok = np.array([e is None for e in result.errors], dtype=bool)
+    """The output columns that follow the kept input columns (see ARCHITECTURE.md, output schema).
+
+    Built from numpy arrays by Arrow kernels (take, list offsets): no Python object per row."""
+    n = len(result.errors)
+    ok = np.equal(np.asarray(result.errors, dtype=object), None) if n else np.zeros(0, dtype=bool)
     probs = result.probs
     columns: dict[str, pa.Array] = {}
-    names = np.array(labels, dtype=object)
+    names = pa.array(labels, pa.string())
     if multi_label:
-        chosen = [list(names[p >= config.threshold]) if good else None for p, good in zip(probs, ok)]
-        columns["labels"] = pa.array(chosen, pa.list_(pa.string()))
+        chosen = (probs >= config.threshold) & ok[:, None]
+        _, label_index = np.nonzero(chosen)  # row by row, labels in their order
+        columns["labels"] = _lists(chosen.sum(axis=1), names.take(label_index), ok)
     else:
         best = np.where(ok, np.nan_to_num(probs, nan=-1).argmax(axis=1), 0)
-        columns["label"] = pa.array(np.where(ok, names[best], None), pa.string())
+        columns["label"] = names.take(pa.array(best, mask=~ok))
         columns["score"] = pa.array(probs[np.arange(len(best)), best], pa.float32(), mask=~ok)
     if config.probs:
         for j, name in enumerate(labels):
             columns[f"prob_{name}"] = pa.array(probs[:, j], pa.float32(), mask=~ok)
     if config.top_k:
         k = min(config.top_k, len(labels))
-        order = np.argsort(-np.nan_to_num(probs, nan=-1), axis=1)[:, :k]
-        top = [
-            [{"label": labels[j], "score": float(p[j])} for j in o] if good else None
-            for o, p, good in zip(order, probs, ok)
-        ]
-        columns["top_k"] = pa.array(top, pa.list_(pa.struct([("label", pa.string()), ("score", pa.float32())])))
+        order = np.argsort(-np.nan_to_num(probs, nan=-1), axis=1)[:, :k][ok]
+        top = pa.StructArray.from_arrays(
+            [names.take(order.ravel()), pa.array(np.take_along_axis(probs[ok], order, axis=1).ravel(), pa.float32())],
+            names=["label", "score"],
+        )
+        columns["top_k"] = _lists(np.where(ok, k, 0), top, ok)
     if config.logits:
-        columns["logits"] = pa.array([list(r) if good else None for r, good in zip(result.logits, ok)], pa.list_(pa.float32()))
+        columns["logits"] = _lists(np.where(ok, len(labels), 0), pa.array(result.logits[ok].ravel(), pa.float32()), ok)
     columns["truncated"] = pa.array(result.truncated)
     if config.long_text == "window":
         columns["windows"] = pa.array(result.windows.astype(np.int32))
     columns["error"] = pa.array(result.errors, pa.string())
     return columns
+
+
+def _lists(counts: np.ndarray, values: pa.Array, ok: np.ndarray) -> pa.ListArray:
+    """A list column: row i holds the next counts[i] values; rows not ok are null (and hold none)."""
+    offsets = np.zeros(len(counts) + 1, dtype=np.int32)
+    np.cumsum(counts, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=pa.array(~ok))

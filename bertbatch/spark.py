@@ -4,9 +4,16 @@ Arrow record batches go from Spark straight into the scorer and back, without pa
 the model once (a module-level cache) and picks its provider from what Spark gave the task: CUDA when the task
 holds a `gpu` resource and onnxruntime offers CUDA, else CPU with `spark.task.cpus` intra-op threads.
 
-Executors read the model directory at the driver's path (a shared file system, or local mode) or get a slim
-copy through `SparkContext.addFile`; either way they check the sha256 of each file they load against the
-driver's, so a node with a different model fails loudly instead of labeling with it.
+Model distribution: by default (any master but local) the driver zips a slim copy of the model directory
+(configs, tokenizer, the graphs that may run) and adds it with `SparkContext.addArchive`; each executor JVM
+fetches and unpacks it once into its SparkFiles directory, on standalone, YARN and Kubernetes alike (an archive is
+one file: `addFile` of a directory is refused outside local mode). With `ship_model=False` executors read the
+driver's path (a shared file system). Either way each executor checks the sha256 of the files it loads.
+
+Before any row is scored, a probe job asks the executors (one task per slot) which Python they run, whether it
+imports bertbatch, and the sha256 of their model files. The probe never raises on an executor, so a wrong
+Python or a model that differs from the driver's becomes one ModelError on the driver: a deterministic failure
+that Spark does not retry (it retries every failed task up to spark.task.maxFailures times).
 """
 
 from __future__ import annotations
@@ -22,6 +29,8 @@ import socket
 import sys
 import tempfile
 import time
+import types
+import zipfile
 from dataclasses import asdict, dataclass, replace
 from functools import partial, reduce
 from pathlib import Path
@@ -30,16 +39,17 @@ import pyarrow as pa
 
 from .config import ScoreConfig
 from .errors import InputError, ModelError, require
-from .io import csv_delimiter, expand_inputs, file_format, output_format
 from .manifest import sha256_file
 from .modeldir import ModelDir
-from .pipeline import check_inputs
 from .runtime import CPU, CUDA, available_providers, resolve_provider
 from .score import Scorer, output_schema
+from .sink import output_format, refuse_existing, refuse_input_overlap
+from .source import check_inputs, csv_delimiter, expand_inputs, file_format
+from .summary import make_summary
 
 log = logging.getLogger(__name__)
 
-# Spark's CSV reader set up like bertbatch.io's: header row, every column a string as written (no inference,
+# Spark's CSV reader set up like bertbatch.source's: header row, every column a string as written (no inference,
 # no null markers), RFC 4180 quotes ("" inside quotes), quoted newlines, and a bad row fails the job.
 # An empty unquoted field still comes back null from Spark whatever nullValue says: _read turns it into "".
 CSV_OPTIONS = {
@@ -61,74 +71,96 @@ _WORKER_CACHE_SIZE = 2
 
 # ------------------------------------------------------------------------------------------------ public API
 def score(df, model_dir: str | Path, text_col: str | None = None, config: ScoreConfig | None = None, *,
-          ship_model: bool | None = None, **overrides):
+          ship_model: bool | None = None, check_executors: bool = True, **overrides):
     """Label a Spark DataFrame: the kept columns (`config.keep`, default all), then the result columns.
 
     Same output columns as `bertbatch score`: label, score, prob_<label>/top_k/logits on request, truncated,
-    error. Null or empty text gives a null label and an error reason, never a dropped row. Lazy: nothing runs
-    until an action (write, count). `text_col` defaults to `config.text_column` ('text').
-    `ship_model`: None copies the model directory to executors with addFile unless the master is local;
+    error. Null or empty text gives a null label and an error reason, never a dropped row. Lazy: nothing is
+    scored until an action (write, count). `text_col` defaults to `config.text_column` ('text').
+    `ship_model`: None ships a zip of the model (addArchive) unless the master is local; True always ships;
     False reads `model_dir` at the same path on every executor (a shared file system).
+    `check_executors`: run the probe job now (see check_executors_can_score), so that a worker Python without
+    bertbatch or a model that differs fails here, once, instead of in every task attempt of your action.
+    The session is yours: its workers' Python is PYSPARK_PYTHON as it was when the session started.
     """
     _require_spark()
     config = replace(config or ScoreConfig(), **overrides)
     if text_col is not None:
         config = replace(config, text_column=text_col)
-    return _score(df, model_dir, config, ship_model)[0]
+    return _score(df, model_dir, config, ship_model, check_executors=check_executors)[0]
 
 
 def score_files(inputs, output: str | Path, model_dir: str | Path, config: ScoreConfig | None = None,
-                master: str = "local[*]", *, ship_model: bool | None = None, partitions: int | None = None,
-                **overrides) -> dict:
+                master: str = "local[*]", *, ship_model: bool | None = None, repartition: bool = True,
+                partitions: int | None = None, spark_conf: dict | None = None, **overrides) -> dict:
     """Score CSV/Parquet input(s) (file, list, directory, glob) with Spark into a Parquet directory; the summary.
 
-    Uses the active SparkSession if there is one, else starts one on `master` (and stops it at the end).
-    Input with fewer partitions than Spark's default parallelism (one multi-line CSV file is one partition)
-    is spread over `partitions` (default: that parallelism). Output row order is Spark's, not the input's:
-    keep an ID column. The output is written with Spark's commit protocol (`_SUCCESS` once complete).
+    Uses the active SparkSession if there is one, else starts one on `master` with `spark_conf` (and stops it
+    at the end); its workers run `spark.pyspark.python` from `spark_conf`, else $PYSPARK_PYTHON, else this
+    interpreter. With `repartition`, input with fewer partitions than `partitions` (default: Spark's default
+    parallelism; one multi-line CSV file is one partition) is spread over that many. Output row order is
+    Spark's, not the input's: keep an ID column. Written with Spark's commit protocol (`_SUCCESS` once complete).
     """
     _require_spark()
     config = replace(config or ScoreConfig(), **overrides)
     _check_engine_options(config, output)
-    files = expand_inputs(inputs)
+    files = expand_inputs(inputs, config.partition_type_map)
     keep, _ = check_inputs(files, config)
     _check_output(output, files, config.overwrite)
     config = replace(config, keep=tuple(keep))
     started = time.time()
-    spark, created = _session(master)
+    spark, created = _session(master, spark_conf)
     session_seconds = time.time() - started
     try:
-        counts = _write_scored(spark, files, str(output), model_dir, config, ship_model, partitions)
+        counts = _write_scored(spark, files, str(output), model_dir, config, ship_model,
+                               partitions if repartition else None, repartition)
     finally:
         if created:
             spark.stop()
     seconds = time.time() - started
     job_seconds = seconds - session_seconds
-    return {
-        "rows_in": counts["rows_in"],
-        "rows_scored": counts["rows_written"] - counts["errors"],
-        "rows_with_error": counts["errors"],
-        "rows_written": counts["rows_written"],
-        "seconds": round(seconds, 3),
-        "session_seconds": round(session_seconds, 3),  # starting Spark (0 with an active session)
-        "rows_per_s": round(counts["rows_written"] / job_seconds, 1) if job_seconds else None,  # after the start
-        "output": str(output),
-        "engine": "spark",
-        "master": counts["master"],
-        "partitions": counts["partitions"],
-        "providers": counts["providers"],  # "<provider> <graph> threads=<n>" -> rows, as run on the executors
+    main = max(counts["providers"], key=counts["providers"].get) if counts["providers"] else None
+    provider, graph, threads = main.split() if main else (None, None, None)  # the one that scored the most rows
+    summary = make_summary(
+        engine="spark",
+        rows_in=counts["rows_in"],
+        rows_written=counts["rows_written"],
+        rows_scored=counts["rows_written"] - counts["errors"],
+        rows_with_error=counts["errors"],
+        rows_rejected=0,  # Spark reads CSV in FAILFAST mode: a bad row fails the job
+        rows_this_run=counts["rows_written"],
+        resumed=False,
+        seconds=round(seconds, 3),
+        session_seconds=round(session_seconds, 3),  # starting Spark (0 with an active session)
+        rows_per_s=round(counts["rows_written"] / job_seconds, 1) if job_seconds else None,  # after the start
+        provider=provider,
+        graph=graph,
+        threads=int(threads.removeprefix("threads=")) if threads else None,
+        output=str(output),
+        master=counts["master"],
+        partitions=counts["partitions"],  # as scored: input_partitions, or more when repartitioned
+        providers=counts["providers"],  # "<provider> <graph> threads=<n>" -> rows, as run on the executors
+    )
+    return {  # the shared shape, then what only a cluster run has
+        **summary,
+        "model_shipped": counts["shipped"],
+        "input_partitions": counts["input_partitions"],
+        "repartitioned": counts["partitions"] != counts["input_partitions"],
+        "executors_checked": counts["executors_checked"],  # distinct Python workers the probe reached
     }
 
 
-def _write_scored(spark, files, output: str, model_dir, config: ScoreConfig, ship_model, partitions) -> dict:
+def _write_scored(spark, files, output: str, model_dir, config: ScoreConfig, ship_model, partitions,
+                  repartition: bool) -> dict:
     """Read, score and write with Spark's commit protocol; counts read back from the written Parquet."""
     from pyspark.sql import functions as F
 
     df = _read(spark, files, config.read_columns(list(config.keep)))
+    before = df.rdd.getNumPartitions()
     spread = partitions or spark.sparkContext.defaultParallelism
-    # one multi-line CSV file is one partition (it cannot be split): spread its rows over the workers
-    out, tally = _score(df.repartition(spread) if df.rdd.getNumPartitions() < spread else df,
-                        model_dir, config, ship_model, tally=True)
+    if repartition and before < spread:  # one multi-line CSV file is one partition: spread its rows over the slots
+        df = df.repartition(spread)
+    out, tally, job, facts = _score(df, model_dir, config, ship_model, tally=True)
     mode = "overwrite" if config.overwrite else "errorifexists"
     try:
         rows_in = df.count()
@@ -145,7 +177,10 @@ def _write_scored(spark, files, output: str, model_dir, config: ScoreConfig, shi
         "errors": written.where(F.col("error").isNotNull()).count(),
         "providers": dict(tally.value),
         "master": spark.sparkContext.master,
+        "input_partitions": before,
         "partitions": out.rdd.getNumPartitions(),
+        "shipped": job.model.shipped is not None,
+        "executors_checked": len({(f["host"], f["pid"]) for f in facts}),
     }
 
 
@@ -170,25 +205,35 @@ class ModelShipment:
             return Path(SparkFiles.get(self.shipped))
         return Path(self.path)
 
+    def fix(self) -> str:
+        """What to do about a model file that differs between the driver and an executor."""
+        if self.shipped:
+            return ("The executor's unpacked copy differs from the archive the driver shipped: it was changed, or the "
+                    "driver's files changed while the job started. Run the job again (a new application unpacks afresh).")
+        return ("Make the copies identical, or let bertbatch ship the driver's copy (ship_model=True, "
+                "bertbatch score --ship-model).")
+
+    def mismatch(self, rel: str, actual: str | None, root: Path | str, where: str) -> str | None:
+        """The one-line message for file `rel` hashing to `actual` (None: missing) at `root`, or None when equal."""
+        expected = dict(self.hashes)
+        if rel not in expected:
+            return (f"{where} would load {rel}, which the driver did not pick for this job (it hashed "
+                    f"{sorted(expected)}). {self.fix()} Or name the graph (--graph).")
+        if actual is None:
+            return f"{where} has no {Path(root) / rel}. {self.fix()}"
+        if actual != expected[rel]:
+            return (f"Model file {rel} differs between the driver and {where}: sha256 {actual[:12]}... there "
+                    f"({root}), {expected[rel][:12]}... on the driver ({self.path}). {self.fix()}")
+        return None
+
     def verify(self, root: Path, relative: list[str]) -> None:
         """Raise ModelError when a file here is missing or differs from the driver's."""
-        expected = dict(self.hashes)
         where = f"executor {socket.gethostname()}"
-        fix = ("The driver's copy changed after the job started: run it again." if self.shipped else
-               "Make the copies identical, or let bertbatch ship the driver's copy (ship_model=True).")
         for rel in relative:
             file = root / rel
-            if rel not in expected:
-                raise ModelError(f"{where} would load {rel}, which the driver did not pick for this job "
-                                 f"(it hashed {sorted(expected)}). {fix} Or name the graph (--graph).")
-            if not file.exists():
-                raise ModelError(f"{where} has no {file}. {fix}")
-            actual = sha256_file(file)
-            if actual != expected[rel]:
-                raise ModelError(
-                    f"Model file {rel} differs between the driver and {where}: sha256 {actual[:12]}... here, "
-                    f"{expected[rel][:12]}... on the driver ({self.path}). {fix}"
-                )
+            problem = self.mismatch(rel, sha256_file(file) if file.exists() else None, root, where)
+            if problem:
+                raise ModelError(problem)
 
 
 @dataclass(frozen=True)
@@ -198,7 +243,8 @@ class _Job:
     keep: tuple
 
 
-def _score(df, model_dir, config: ScoreConfig, ship_model: bool | None, tally: bool = False):
+def _score(df, model_dir, config: ScoreConfig, ship_model: bool | None, tally: bool = False,
+           check_executors: bool = True):
     """The lazy scored DataFrame, and the accumulator of rows per provider/graph when `tally`."""
     _check_columns(df, config)
     keep = list(config.keep) if config.keep is not None else list(df.columns)
@@ -212,10 +258,99 @@ def _score(df, model_dir, config: ScoreConfig, ship_model: bool | None, tally: b
     job = _Job(ModelShipment(str(model.path), shipped, hashes), config, tuple(keep))
     kept = pa.schema([pa.field(name, pa.null()) for name in keep])  # names only: Spark keeps its own types
     results = pa.schema(list(output_schema(kept, model.labels, model.multi_label, config))[len(keep):])
+    facts = check_executors_can_score(spark, job.model) if check_executors else []
     schema = _spark_schema(df.schema, keep, results)
     accumulator = spark.sparkContext.accumulator({}, _Tally()) if tally else None
     selected = df.select(*[_column(c) for c in config.read_columns(keep)])
-    return selected.mapInArrow(partial(_label_partition, job=job, tally=accumulator), schema), accumulator
+    return selected.mapInArrow(partial(_label_partition, job=job, tally=accumulator), schema), accumulator, job, facts
+
+
+def check_executors_can_score(spark, model: ModelShipment) -> list[dict]:
+    """Probe the executors (one task per slot) before any row is scored; the facts each reported.
+
+    Raises one ModelError on the driver when an executor's Python cannot import bertbatch or its model files
+    differ from the driver's. The probe returns facts and never raises on the executor, so these deterministic
+    failures are never retried by Spark; the executors' own check at load time stays as the last line.
+    """
+    context = spark.sparkContext
+    slots = max(1, context.defaultParallelism)
+    probe = partial(_by_value(_probe_executor), shipped=model.shipped, path=model.path,
+                    relative=[rel for rel, _ in model.hashes])
+    context.setJobDescription("bertbatch: check that executors can score")
+    try:
+        facts = context.parallelize(range(slots), slots).mapPartitions(probe).collect()
+    except Exception as exc:  # the Python worker did not start at all (no such interpreter, no pyspark)
+        raise _translate(exc, None) from exc
+    finally:
+        context.setJobDescription(None)
+    for fact in facts:
+        where = f"the executor on {fact['host']}"
+        if fact["import_error"]:
+            raise ModelError(
+                f"Spark's Python workers on {fact['host']} run {fact['python']} (Python {fact['version']}), which "
+                f"cannot import bertbatch ({fact['import_error']}). {PYTHON_HINT}"
+            )
+        for rel, actual in fact["hashes"].items():
+            problem = model.mismatch(rel, actual, fact["root"], where)
+            if problem:
+                raise ModelError(problem)
+    log.info("Executors checked: %s", sorted({(f["host"], f["python"]) for f in facts}))
+    return facts
+
+
+PYTHON_HINT = (
+    "Install bertbatch into that Python on every node, or point the workers at a Python that has it: "
+    "bertbatch score --spark-conf spark.pyspark.python=PATH; spark-submit --conf spark.pyspark.python=PATH "
+    "(or a packed environment: --archives env.tar.gz#env --conf spark.pyspark.python=./env/bin/python); "
+    "a SparkSession you build: set PYSPARK_PYTHON before it starts."
+)
+
+
+def _probe_executor(partition, shipped: str | None, path: str, relative: list[str]):
+    """Runs on an executor: which Python, can it import bertbatch, the sha256 of each model file (None: missing).
+
+    Shipped by value (see _by_value), so it runs even where bertbatch cannot be imported, and it never raises.
+    """
+    import hashlib
+    import importlib
+    import os
+    import platform
+    import socket
+    import sys
+
+    for _ in partition:
+        pass
+    fact = {"host": socket.gethostname(), "python": sys.executable, "version": platform.python_version(),
+            "pid": os.getpid(), "import_error": None, "hashes": {}, "root": path}
+    for module in ("bertbatch.score", "onnxruntime"):  # what scoring imports (numpy, pyarrow, tokenizers with it)
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # ImportError, or a native library that fails to load
+            fact["import_error"] = f"{type(exc).__name__}: {exc}"
+            break
+    if shipped:
+        from pyspark import SparkFiles
+
+        fact["root"] = SparkFiles.get(shipped)
+    for rel in relative:
+        digest = hashlib.sha256()
+        try:
+            with open(os.path.join(fact["root"], rel), "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+            fact["hashes"][rel] = digest.hexdigest()
+        except OSError:
+            fact["hashes"][rel] = None
+    yield fact
+
+
+def _by_value(fn):
+    """A copy of `fn` that cloudpickle ships by value (as if defined in __main__), not as `bertbatch.spark.fn`."""
+    import builtins
+
+    clone = types.FunctionType(fn.__code__, {"__builtins__": builtins}, fn.__name__, fn.__defaults__)
+    clone.__module__, clone.__qualname__ = "__main__", fn.__name__
+    return clone
 
 
 def _spark_schema(input_schema, keep: list[str], results: pa.Schema):
@@ -294,14 +429,17 @@ def _hash_files(root: Path, relative: list[str]) -> tuple:
     return tuple(out)
 
 
-_STAGED: dict[str, Path] = {}  # SparkFiles name -> staged directory, for this driver process
-_ADDED: set[tuple[str, str]] = set()  # (application id, SparkFiles name) already added
+_STAGED: dict[str, Path] = {}  # archive name -> staged zip, for this driver process
+_ADDED: set[tuple[str, str]] = set()  # (application id, archive name) already added
 
 
 def _ship(spark, model: ModelDir, hashes: tuple) -> str:
-    """Stage a slim copy of the model directory (configs, tokenizer, the candidate graphs) and addFile it.
+    """Zip a slim copy of the model directory (configs, tokenizer, the candidate graphs) and addArchive it.
 
-    The name carries a digest of the hashes, so two models, or two versions of one, never collide on executors.
+    One archive file works on every cluster manager (standalone, YARN, Kubernetes; addFile of a directory is
+    refused outside local mode); each executor unpacks it once into SparkFiles/<name>. The name carries a digest
+    of the hashes: two models, or two versions of one, never collide, and Spark never has to overwrite an added
+    archive (which it refuses to do).
     """
     digest = hashlib.sha256(json.dumps(hashes).encode()).hexdigest()[:16]
     name = f"bertbatch-{re.sub(r'[^A-Za-z0-9_.-]', '_', model.name)}-{digest}"
@@ -309,33 +447,40 @@ def _ship(spark, model: ModelDir, hashes: tuple) -> str:
         _STAGED[name] = _stage(model.path, [rel for rel, _ in hashes], name)
     context = spark.sparkContext
     if (context.applicationId, name) not in _ADDED:
-        context.addFile(str(_STAGED[name]), recursive=True)
+        context.addArchive(f"{_STAGED[name]}#{name}")
         _ADDED.add((context.applicationId, name))
-        log.info("Shipping %s to executors as %s", model.path, name)
+        log.info("Shipping %s to executors as %s", model.path, _STAGED[name].name)
     return name
 
 
-def _stage(root: Path, hashed: list[str], name: str) -> Path:
-    staging = Path(tempfile.mkdtemp(prefix="bertbatch-spark-"))
-    atexit.register(shutil.rmtree, staging, True)
-    target = staging / name
+def shipped_files(root: Path, hashed: list[str]) -> list[Path]:
+    """The files a shipped copy holds: top-level configs and tokenizer, onnx/ side files, the hashed graphs."""
     wanted = [p for p in root.iterdir() if p.is_file() and p.name.endswith(SHIPPED_SUFFIXES)]
     onnx = root / "onnx"
     if onnx.is_dir():  # configs and external-data files beside the graphs, but only the graphs that may run
         wanted += [p for p in onnx.iterdir() if p.is_file() and not p.name.endswith(".onnx")]
-    wanted += [root / rel for rel in hashed]
-    for source in dict.fromkeys(wanted):
-        destination = target / source.relative_to(root)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            destination.hardlink_to(source)  # no copy on the same file system
-        except OSError:
-            shutil.copy2(source, destination)
+    return list(dict.fromkeys(wanted + [root / rel for rel in hashed]))
+
+
+def _stage(root: Path, hashed: list[str], name: str) -> Path:
+    """The zip of the slim copy, in a temporary directory removed when this process exits."""
+    staging = Path(tempfile.mkdtemp(prefix="bertbatch-spark-"))
+    atexit.register(shutil.rmtree, staging, True)
+    target = staging / f"{name}.zip"
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as archive:  # graphs barely compress; stored is fast
+        for source in shipped_files(root, hashed):
+            archive.write(source, source.relative_to(root).as_posix())
     return target
 
 
-def _session(master: str):
-    """The active SparkSession (not stopped later), or a new one on `master` (the caller stops it)."""
+def _session(master: str, conf: dict | None = None):
+    """The active SparkSession (not stopped later), or a new one on `master` (the caller stops it).
+
+    A new session's Python workers run `spark.pyspark.python` from `conf`, else $PYSPARK_PYTHON, else this
+    interpreter (the one that imports bertbatch; right for local mode and for nodes that share this install).
+    pyspark reads the workers' Python from $PYSPARK_PYTHON when the SparkContext starts (the conf is honoured by
+    spark-submit alone), so the variable is set for that moment and restored after.
+    """
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -343,32 +488,49 @@ def _session(master: str):
         if master != active.sparkContext.master:
             log.info("Using the active Spark session on %s (not %s)", active.sparkContext.master, master)
         return active, False
+    conf = dict(conf or {})
+    python = conf.setdefault("spark.pyspark.python", os.environ.get("PYSPARK_PYTHON") or sys.executable)
     builder = SparkSession.builder.master(master).appName("bertbatch score")
-    if master.startswith("local"):
-        # Local workers run on this machine: make them this interpreter (the one that has bertbatch installed).
-        # pyspark's SparkContext reads only PYSPARK_PYTHON for that (the conf is honoured by spark-submit alone);
-        # a value the user set wins.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = builder.config("spark.pyspark.python", os.environ["PYSPARK_PYTHON"])
-    return builder.getOrCreate(), True
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    previous = os.environ.get("PYSPARK_PYTHON")
+    os.environ["PYSPARK_PYTHON"] = python
+    try:
+        return builder.getOrCreate(), True
+    finally:
+        if previous is None:
+            os.environ.pop("PYSPARK_PYTHON", None)
+        else:
+            os.environ["PYSPARK_PYTHON"] = previous
 
 
-def _read(spark, files: list[Path], columns: list[str]):
-    """One DataFrame over the input files, grouped by format; CSV columns are non-null strings as written."""
+def _read(spark, files: list, columns: list[str]):
+    """One DataFrame over the input files, grouped by format and Hive partition; CSV columns are non-null
+    strings as written; partition values (typed as `source` types them) are added as literal columns."""
     from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_type
 
     groups: dict[tuple, list[str]] = {}
     for path in files:
+        if getattr(path, "remote", None) is not None:
+            raise InputError(f"{path}: the Spark engine reads paths its executors can open (a shared file system); "
+                             "read store data into a DataFrame yourself and call bertbatch.spark.score, or use "
+                             "--engine local.")
         kind = file_format(path)
-        groups.setdefault((kind, csv_delimiter(path) if kind == "csv" else None), []).append(str(path))
+        values = tuple(path.partition_values().items()) if hasattr(path, "partition_values") else ()
+        groups.setdefault((kind, csv_delimiter(path) if kind == "csv" else None, values), []).append(str(path))
     frames = []
-    for (kind, delimiter), paths in groups.items():
+    for (kind, delimiter, values), paths in groups.items():
+        partition_keys = [key for key, _ in values]
+        file_columns = [c for c in columns if c not in partition_keys]
         if kind == "parquet":
-            frame = spark.read.parquet(*paths).select(*[_column(c) for c in columns])
+            frame = spark.read.parquet(*paths).select(*[_column(c) for c in file_columns])
         else:
             frame = spark.read.options(**CSV_OPTIONS, sep=delimiter).csv(paths)
-            frame = frame.select(*[F.coalesce(_column(c), F.lit("")).alias(c) for c in columns])
-        frames.append(frame)
+            frame = frame.select(*[F.coalesce(_column(c), F.lit("")).alias(c) for c in file_columns])
+        for key, value in values:
+            frame = frame.withColumn(key, F.lit(value.as_py()).cast(from_arrow_type(value.type)))
+        frames.append(frame.select(*[_column(c) for c in columns]))
     return reduce(lambda a, b: a.unionByName(b), frames)
 
 
@@ -390,12 +552,9 @@ def _check_output(output, files: list[Path], overwrite: bool) -> None:
     text = str(output)
     if "://" in text and not text.startswith("file:"):
         return  # a remote file system: Spark's errorifexists mode decides
-    path = Path(text.removeprefix("file://").removeprefix("file:")).resolve()
-    for file in files:
-        if path == file.resolve() or path in file.resolve().parents:
-            raise InputError(f"Output {output} would overwrite the input {file}; choose another -o path.")
-    if path.exists() and not overwrite:
-        raise InputError(f"Output {output} exists. Pass --overwrite to replace it.")
+    path = Path(text.removeprefix("file://").removeprefix("file:"))
+    refuse_input_overlap(path, files, directory=True)
+    refuse_existing(path, overwrite)
 
 
 def _translate(exc: Exception, output) -> Exception:
@@ -404,11 +563,11 @@ def _translate(exc: Exception, output) -> Exception:
     ours = re.search(r"bertbatch\.errors\.(InputError|ModelError|MissingDependency): ([^\n]+)", text)
     if ours:
         return (InputError if ours.group(1) == "InputError" else ModelError)(ours.group(2).strip())
+    if re.search(r"Cannot run program \"[^\"]*\".*No such file", text):
+        python = re.search(r'Cannot run program "([^"]*)"', text).group(1)
+        return ModelError(f"Spark cannot start the workers' Python {python}: no such file on an executor. {PYTHON_HINT}")
     if "No module named 'bertbatch'" in text:
-        return ModelError(
-            "Spark's Python workers cannot import bertbatch. Install it on every node (pip install 'bertbatch[cpu]'), "
-            "or point spark.pyspark.python at an interpreter that has it."
-        )
+        return ModelError(f"Spark's Python workers cannot import bertbatch. {PYTHON_HINT}")
     if "MALFORMED" in text:
         file = re.search(r"while reading file (\S+?)\.?\s", text)
         record = re.search(r"Malformed CSV record: (.*?)\s*(?:SQLSTATE|$)", text, re.MULTILINE)
@@ -464,6 +623,7 @@ def _worker_scorer(job: _Job) -> Scorer:
     root = job.model.root()
     key = (str(root), job.model.hashes, device, json.dumps(asdict(config), sort_keys=True, default=str))
     if key not in _SCORERS:
+        cap_tokenizer_threads(threads)
         graph = ModelDir.open(root).graph_path(config.graph, provider)
         job.model.verify(root, [*GRAPH_HASHED, str(graph.relative_to(root)) if root in graph.parents else str(graph)])
         while len(_SCORERS) >= _WORKER_CACHE_SIZE:
@@ -471,6 +631,16 @@ def _worker_scorer(job: _Job) -> Scorer:
         _SCORERS[key] = Scorer(root, config, runner=_device_runner(graph, threads, device))
         log.info("Loaded %s on %s (%s, %d threads)", graph, socket.gethostname(), provider, threads)
     return _SCORERS[key]
+
+
+def cap_tokenizer_threads(threads: int) -> None:
+    """Size the tokenizer's thread pool to the task's CPUs, as ONNX Runtime's is, in this Python worker.
+
+    tokenizers' encode_batch runs on rayon's global pool, which rayon sizes once, when first used, from
+    RAYON_NUM_THREADS (else every core of the node: one pool per Python worker, N workers on an N-core executor
+    would each start N threads). A value set for the executors (spark.executorEnv.RAYON_NUM_THREADS) wins.
+    """
+    os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, threads)))
 
 
 def task_provider(requested: str, context) -> tuple[str, int | None]:

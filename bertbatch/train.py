@@ -23,8 +23,12 @@ log = logging.getLogger(__name__)
 TEST_SPLIT_FILE = "test_split.parquet"  # kept beside the checkpoint: export validates its graphs on it
 
 
-def fine_tune(data: str | Path, output: str | Path, config: TrainConfig | None = None, **overrides) -> dict:
+def fine_tune(data: str | Path, output: str | Path, config: TrainConfig | None = None, progress=None,
+              **overrides) -> dict:
     """Fine-tune `config.base_model` on a labeled table and write a checkpoint directory to `output`.
+
+    Prints nothing: `progress(event, value)` hears `("steps", total)`, `("step", done)` and, after each
+    epoch's evaluation, `("epoch", {"epoch", "train_loss", "eval_loss", <eval metrics>})`.
 
     Returns the manifest written to `output/bertbatch.json`. Nothing appears under `output` unless
     training succeeds: the checkpoint is built in a temporary sibling directory and renamed into place.
@@ -56,7 +60,8 @@ def fine_tune(data: str | Path, output: str | Path, config: TrainConfig | None =
     weights = _class_weights(train_set) if config.class_weights == "auto" else None
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".bertbatch-train-", dir=output.parent) as workdir:
-        trainer = _trainer(model, tokenizer, encode(train_set), encode(val_set), config, workdir, weights, torch)
+        trainer = _trainer(model, tokenizer, encode(train_set), encode(val_set), config, workdir, weights, torch,
+                           progress)
         trainer.train()
         # group_by_length also reorders predict() batches (transformers 4.57), so score against the label_ids
         # returned with the predictions, never against test_set.targets in input order
@@ -173,7 +178,7 @@ def _class_weights(data: LabeledData) -> np.ndarray:
     return (len(data) / (len(data.labels) * np.maximum(counts, 1))).astype(np.float32)
 
 
-def _trainer(model, tokenizer, train_rows, val_rows, config: TrainConfig, workdir, weights, torch):
+def _trainer(model, tokenizer, train_rows, val_rows, config: TrainConfig, workdir, weights, torch, progress=None):
     import transformers
 
     multi = config.multi_label
@@ -219,7 +224,7 @@ def _trainer(model, tokenizer, train_rows, val_rows, config: TrainConfig, workdi
         data_seed=config.seed,
         report_to=[],
         logging_strategy="epoch",
-        disable_tqdm=config.quiet,
+        disable_tqdm=True,  # the caller's progress callback reports steps and epochs (one bar, one table)
         log_level="error" if config.quiet else "warning",
         dataloader_num_workers=0,
         use_cpu=not torch.cuda.is_available(),
@@ -235,9 +240,44 @@ def _trainer(model, tokenizer, train_rows, val_rows, config: TrainConfig, workdi
         compute_metrics=compute_metrics,
         callbacks=callbacks,
     )
-    if config.quiet:
-        trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    # Trainer's own console output (raw log dicts, nested tqdm bars) is replaced by `progress`
+    trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
+    trainer.remove_callback(transformers.trainer_callback.ProgressCallback)
+    if progress is not None:
+        trainer.add_callback(_progress_callback(progress))
     return trainer
+
+
+def _progress_callback(progress):
+    """A TrainerCallback that turns Trainer's events into `progress(event, value)` calls."""
+    import transformers
+
+    class Report(transformers.TrainerCallback):
+        train_loss = None
+        training = False
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.training = True
+            progress("steps", state.max_steps)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.training = False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            progress("step", state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.train_loss = logs["loss"]
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if self.training and metrics:  # the per-epoch evaluation, not the final ones
+                row = {"epoch": round(state.epoch or 0), "train_loss": self.train_loss}
+                row.update({k.removeprefix("eval_"): v for k, v in metrics.items()
+                            if isinstance(v, float) and k != "epoch" and not k.endswith(("_runtime", "_per_second"))})
+                progress("epoch", row)
+
+    return Report()
 
 
 def _write_test_split(path: Path, data: LabeledData) -> None:

@@ -11,6 +11,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
+from s3server import s3, s3_server  # noqa: E402,F401 - the S3-protocol server fixtures (test_store.py)
+
 POSITIVE = ["great", "excellent", "wonderful", "love", "superb", "happy", "fantastic", "brilliant"]
 NEGATIVE = ["awful", "terrible", "horrible", "hate", "dreadful", "sad", "boring", "broken"]
 FILLER = ["the", "movie", "food", "service", "was", "really", "quite", "and", "a", "day", "it", "our", "trip"]

@@ -12,8 +12,10 @@ class RowIndexRunner:
     """
 
     provider = "CPUExecutionProvider"
-    graph = "fake"
+    graph = None  # runs no file
     input_names = ["input_ids", "attention_mask", "token_type_ids"]
+    threads = 1
+    num_labels = 2
 
     def __init__(self, tokenizer_json: str):
         from tokenizers import Tokenizer

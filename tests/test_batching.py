@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bertbatch.batching import GPU_BUCKETS, bucket_length, pad, plan_batches, padding_stats
+from bertbatch.batching import GPU_BUCKETS, bucket_length, bucket_lengths, pad, pad_rows, plan_batches, padding_stats
 
 
 @settings(max_examples=200, deadline=None)
@@ -60,3 +60,44 @@ def test_pad_masks_only_real_tokens():
     ids, mask = pad([[1, 2, 3], [4]], 5)
     assert ids.tolist() == [[1, 2, 3, 0, 0], [4, 0, 0, 0, 0]]
     assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 600), max_size=400),
+    max_tokens=st.integers(1, 8192),
+    max_rows=st.integers(1, 80),
+    max_length=st.sampled_from([16, 128, 512]),
+    multiple=st.sampled_from([1, 8]),
+    gpu=st.booleans(),
+)
+def test_plan_is_the_row_by_row_plan(lengths, max_tokens, max_rows, max_length, multiple, gpu):
+    from reference_host import plan_batches as row_by_row
+
+    lengths = [min(x, max_length) for x in lengths]
+    buckets = GPU_BUCKETS if gpu else None
+    plan = plan_batches(lengths, max_tokens, max_rows, max_length, multiple, buckets)
+    expected = row_by_row(lengths, max_tokens, max_rows, max_length, multiple, buckets)
+    assert [(b.rows.tolist(), b.length) for b in plan] == [(r.tolist(), n) for r, n in expected]
+
+
+@given(lengths=st.lists(st.integers(0, 700), max_size=50), max_length=st.sampled_from([12, 300, 512]))
+def test_bucket_lengths_match_one_at_a_time(lengths, max_length):
+    for buckets, multiple in ((None, 1), (None, 8), (GPU_BUCKETS, 1)):
+        vector = bucket_lengths(lengths, max_length, multiple, buckets).tolist()
+        assert vector == [bucket_length(n, max_length, multiple, buckets) for n in lengths]
+
+
+@given(sequences=st.lists(st.lists(st.integers(1, 30000), min_size=1, max_size=20), min_size=1, max_size=30),
+       data=st.data())
+def test_pad_rows_pads_flat_rows_like_lists(sequences, data):
+    from reference_host import pad as pad_lists
+
+    rows = np.array(data.draw(st.lists(st.integers(0, len(sequences) - 1), min_size=1, max_size=10)))
+    length = max(len(sequences[r]) for r in rows) + data.draw(st.integers(0, 3))
+    flat = np.array([t for s in sequences for t in s], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(s) for s in sequences])])
+    ids, mask = pad_rows(flat, offsets, rows, length)
+    expected_ids, expected_mask = pad_lists([sequences[r] for r in rows], length)
+    assert ids.tolist() == expected_ids.tolist() and mask.tolist() == expected_mask.tolist()
+    assert ids.dtype == mask.dtype == np.int64

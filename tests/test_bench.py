@@ -65,11 +65,18 @@ def test_bench_real_texts_time_every_batch(tiny_exported, tmp_path):
     assert [(r["graph"], r["batch_size"], r["seq_length"]) for r in records] == [("int8", 1, None), ("int8", 4, None)]
     # at least one pass over the data: 9 batches of 1 row, 3 batches of at most 4 rows
     assert [r["timed_batches"] for r in records] == [9, 3]
+    from bertbatch.modeldir import ModelDir
+
+    lengths = [len(e.ids) for e in ModelDir.open(tiny_exported).tokenizer().encode_batch(texts)]
     for r in records:
         _assert_sane(r)
         assert r["mode"] == "data"
         assert r["data"] == str(data)
-        assert r["mean_padded_length"] >= 8  # each batch padded to a multiple of 8
+    # on CPU each batch is padded to its own longest row, no rounding: one row per batch means no padding
+    one, four = records
+    assert one["mean_padded_length"] == pytest.approx(sum(lengths) / len(lengths), abs=0.01)
+    assert one["padding_ratio"] == 1.0
+    assert sum(lengths) / len(lengths) <= four["mean_padded_length"] <= max(lengths)
     assert (out / "latency.png").read_bytes()[:8] == PNG_MAGIC
     assert "~" in result.output  # length column: mean padded length
 
@@ -87,7 +94,7 @@ def test_bench_torch_baseline_without_onnx(tiny_model):
         (["--batch-sizes", "1,x"], 2, "expected comma-separated integers"),
         (["--batch-sizes", "0"], 1, "--batch-sizes must be positive integers"),
         (["--runs", "0"], 1, "--runs must be at least 1"),
-        (["--graph", "int4"], 1, "--graph must be fp32, int8"),
+        (["--graph", "int4"], 3, "--graph must be fp32, int8"),  # ModelError: exit 3 (README, "Exit codes")
     ],
 )
 def test_bench_cli_errors(tiny_exported, args, code, message):
@@ -98,6 +105,6 @@ def test_bench_cli_errors(tiny_exported, args, code, message):
 
 def test_bench_without_graphs_says_to_export(tiny_model):
     result = CliRunner().invoke(cli, ["bench", str(tiny_model)])
-    assert result.exit_code == 1
+    assert result.exit_code == 3  # a model problem (README, "Exit codes")
     assert "Run `bertbatch export" in result.output
     assert "--graph torch" in result.output

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from pyarrow import csv
 
 from bertbatch import Scorer, score_file
-from bertbatch.errors import InputError, ModelError
+from bertbatch.errors import InputError, ModelError, OutputError
 from fakes import RowIndexRunner, row_text
 
 
@@ -200,21 +200,16 @@ def test_pickle_checkpoint_is_refused_for_scoring(tmp_path, tiny_model):
     assert Scorer(model, graph="torch", allow_pickle=True).predict(["great"])[0]["label"] in ("pos", "neg")
 
 
-def test_output_cannot_escape_through_symlink_or_dotdot(tmp_path, tiny_exported):
-    from bertbatch.output import OutputLayout
-
+def test_output_never_writes_through_a_symlink(tmp_path, tiny_exported):
     src = _multi_part_input(tmp_path, files=1, rows=10)
     out = tmp_path / "out"
     out.mkdir()
     victim = tmp_path / "victim.parquet"
     victim.write_text("precious")
     (out / "part-00000-00000.parquet").symlink_to(victim)
-    with pytest.raises(InputError, match="symlink"):
+    with pytest.raises(OutputError, match="holds a link, part-00000-00000.parquet"):
         score_file(src, out, tiny_exported, resume=True)
     assert victim.read_text() == "precious"
-    layout = OutputLayout(str(tmp_path / "out2"), "parquet", [], False, False)
-    with pytest.raises(InputError, match="escapes the output directory"):
-        layout._child("../x.parquet")
 
 
 # --------------------------------------------------------------------------------- property: rows conserved
@@ -265,8 +260,7 @@ def _load(tmp_path, tiny_exported, rows):
     start = time.time()
     summary = score_file(src, tmp_path / "out", tiny_exported, rows_per_part=250_000)
     assert summary["rows_in"] == summary["rows_written"] == rows
-    ids = pq.read_table(sorted((tmp_path / "out").glob("part-*")), columns=["id"]) if False else \
-        pa.concat_tables([pq.read_table(p, columns=["id"]) for p in sorted((tmp_path / "out").glob("part-*"))])
+    ids = pa.concat_tables([pq.read_table(p, columns=["id"]) for p in sorted((tmp_path / "out").glob("part-*"))])
     assert np.array_equal(ids["id"].to_numpy(), np.arange(rows))
     return time.time() - start
 

@@ -105,8 +105,7 @@ def test_directory_input_gives_part_files_and_success_last(tmp_path, tiny_model,
     summary = score_file(src, out, tiny_model, runner=fake, logits=True)
     parts = sorted(out.glob("part-*.parquet"))
     assert len(parts) == 3 and (out / "_SUCCESS").exists()
-    logits = pq.read_table(parts).column("logits").to_pylist() if False else \
-        sum((pq.read_table(p)["logits"].to_pylist() for p in parts), [])
+    logits = sum((pq.read_table(p)["logits"].to_pylist() for p in parts), [])
     assert [int(l[0]) for l in logits] == list(range(90))
     assert summary["parts"] == [str(p) for p in parts]
 
@@ -178,7 +177,7 @@ def _bad_inputs(tmp_path):
     [
         ("missing.csv", r"Column 'text' not found in .*missing.csv; columns are \['id', 'body'\]"),
         ("ints.parquet", r"Column 'text' in .*ints.parquet has type int64"),
-        ("utf8.csv", r"utf8.csv, data row 2, column 'text': invalid UTF-8"),
+        ("utf8.csv", r"utf8.csv, record 3, column 'text': invalid UTF-8"),
         ("ragged.csv", r"ragged.csv, .*expected 2 columns, found 4"),
         ("empty.csv", r"empty.csv is empty"),
         ("header.csv", r"header.csv has no data rows"),
@@ -208,7 +207,7 @@ def test_reject_mode_keeps_going_and_conserves_rows(tmp_path, tiny_model):
     assert summary["rows_in"] == summary["rows_written"] + summary["rows_rejected"] == 4
 
 
-def test_cuda_requested_without_cuda_is_an_error(tiny_model, monkeypatch):
+def test_cuda_requested_without_cuda_is_an_error():
     from bertbatch import runtime
 
     assert runtime.resolve_provider("auto", ["CPUExecutionProvider"]) == runtime.CPU
@@ -252,19 +251,20 @@ class _FakeSession:
 
 class _FakeBinding:
     def __init__(self):
-        self.inputs, self.ran = {}, False
+        self.inputs, self.bound, self.ran, self.output_device = {}, {}, False, None
 
     def clear_binding_inputs(self):
-        self.inputs = {}
+        self.inputs, self.bound = {}, {}
 
     def clear_binding_outputs(self):
         pass
 
-    def bind_cpu_input(self, name, array):
-        self.inputs[name] = array
+    def bind_ortvalue_input(self, name, value):
+        self.bound[name] = value
+        self.inputs[name] = value.numpy().copy()
 
     def bind_output(self, name, device):
-        assert device == "cuda"
+        self.output_device = device
 
     def copy_outputs_to_cpu(self):
         return [np.zeros((len(self.inputs["input_ids"]), 2), dtype=np.float16)]
@@ -288,10 +288,12 @@ def test_cuda_runner_uses_iobinding_and_returns_float32(tiny_exported, monkeypat
     monkeypatch.setattr(_FakeSession, "active", ["CUDAExecutionProvider", "CPUExecutionProvider"])
     monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
     runner = OrtRunner(tiny_exported / "onnx" / "model_fp16.onnx", CUDA)
+    runner._device = "cpu"  # this onnxruntime build has no CUDA allocator: the buffers live on the host here
     ids = np.ones((3, 8), dtype=np.int64)
     out = runner.run(ids, ids, ids)
     assert out.dtype == np.float32 and out.shape == (3, 2)
     assert runner._binding.ran and set(runner._binding.inputs) == {"input_ids", "attention_mask"}
+    assert runner._binding.output_device == "cpu"
     assert runner.session.asked[0][0] == CUDA
     assert runner.session.disabled == []  # SkipLayerNormalization is fast on CUDA: fusion stays on
 
@@ -327,3 +329,47 @@ def test_cuda_labels_match_cpu(tiny_exported):
     assert cuda.runner.provider == "CUDAExecutionProvider" and cuda.graph.endswith("model_fp16.onnx")
     cpu = Scorer(tiny_exported, provider="cpu", graph="fp32")
     np.testing.assert_allclose(cuda.logits(texts).logits, cpu.logits(texts).logits, atol=0.05)
+
+
+def test_runners_satisfy_the_protocol_and_name_the_file_that_runs(tiny_exported, fake):
+    from pathlib import Path
+
+    from bertbatch.runtime import Runner
+
+    onnx_scorer = Scorer(tiny_exported, provider="cpu", graph="fp32")
+    assert isinstance(onnx_scorer.runner, Runner) and isinstance(fake, Runner)
+    assert onnx_scorer.graph_file == Path(tiny_exported) / "onnx" / "model.onnx"
+    assert Scorer(tiny_exported, runner=fake).graph_file is None  # a runner that runs no file
+
+
+def test_cuda_runner_refills_one_input_buffer_per_batch_shape(tiny_exported, monkeypatch):
+    import onnxruntime as ort
+
+    from bertbatch.runtime import CUDA, OrtRunner
+
+    monkeypatch.setattr(_FakeSession, "active", ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
+    runner = OrtRunner(tiny_exported / "onnx" / "model_fp16.onnx", CUDA)
+    runner._device = "cpu"
+    first, second, other = np.full((4, 8), 7), np.arange(32).reshape(4, 8), np.ones((2, 16), dtype=np.int64)
+    runner.run(first, first)
+    buffer = runner._binding.bound["input_ids"]
+    runner.run(second, second)
+    assert runner._binding.bound["input_ids"] is buffer  # same shape: the same buffer, refilled
+    assert runner._binding.inputs["input_ids"].tolist() == second.tolist()
+    runner.run(other, other)
+    assert runner._binding.bound["input_ids"] is not buffer
+    assert runner._inputs.made == 4  # two inputs x two shapes
+
+
+def test_buffer_cache_reuses_by_key_and_drops_the_least_recent():
+    from bertbatch.runtime import BufferCache
+
+    cache = BufferCache(capacity=2)
+    a = cache.get((4, 8), object)
+    assert cache.get((4, 8), object) is a
+    b = cache.get((2, 16), object)
+    cache.get((4, 8), object)  # (2, 16) is now the least recently used
+    cache.get((1, 512), object)
+    assert len(cache) == 2 and cache.made == 3
+    assert cache.get((4, 8), object) is a and cache.get((2, 16), object) is not b

@@ -6,6 +6,8 @@ import json
 import os
 import shutil
 import sys
+import zipfile
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,9 +23,11 @@ from conftest import make_texts
 
 from bertbatch import ScoreConfig, score_file
 from bertbatch import spark as bspark
+from bertbatch.errors import EXIT_MODEL
 from bertbatch.cli import cli
 from bertbatch.errors import InputError, MissingDependency, ModelError
 from bertbatch.runtime import CPU, CUDA
+from bertbatch.summary import KEYS
 
 ODD_TEXTS = [None, "", "   ", "NA", 'a "quoted"\nnew line', "ünïcödé ✓ 表 great"]
 
@@ -118,10 +122,10 @@ def test_shipped_model_gives_the_same_labels(spark_session, tiny_exported, table
     shared = _by_id(r.asDict() for r in bspark.score(df, tiny_exported, graph="fp32").collect())
     shipped = _by_id(r.asDict() for r in bspark.score(df, tiny_exported, graph="fp32", ship_model=True).collect())
     assert {k: r["label"] for k, r in shipped.items()} == {k: r["label"] for k, r in shared.items()}
-    staged = next(iter(bspark._STAGED.values()))
-    assert (staged / "onnx" / "model.onnx").exists()
-    assert not (staged / "model.safetensors").exists()  # training weights stay behind
-    assert not (staged / "onnx" / "model_int8.onnx").exists()  # only the graphs that may run travel
+    staged = zipfile.ZipFile(next(iter(bspark._STAGED.values()))).namelist()  # one archive: any cluster manager
+    assert "onnx/model.onnx" in staged and "tokenizer.json" in staged
+    assert "model.safetensors" not in staged  # training weights stay behind
+    assert "onnx/model_int8.onnx" not in staged  # only the graphs that may run travel
 
 
 def test_executor_refuses_a_model_that_differs_from_the_drivers(spark_session, tiny_exported, table_path, tmp_path):
@@ -154,6 +158,8 @@ def test_cli_engine_spark_writes_parquet_like_the_local_engine(spark_session, ti
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["engine"] == "spark"
+    assert list(summary)[:len(KEYS)] == list(KEYS)  # the local engine's summary shape, then Spark's own keys
+    assert summary["provider"] == CPU and summary["graph"] == "fp32" and summary["threads"] == 1
     assert summary["rows_in"] == summary["rows_written"] == len(texts) + 1
     assert summary["rows_with_error"] == 2
     assert summary["providers"] == {"CPUExecutionProvider fp32 threads=1": len(texts) + 1}
@@ -234,3 +240,47 @@ def test_task_provider_takes_cuda_only_with_a_gpu_resource(monkeypatch):
     assert bspark.task_provider("auto", _Task({"gpu": _Gpu("0")})) == (CPU, None)
     assert bspark.task_cpus(_Task(cpus=4)) == 4
     assert bspark.task_cpus(None) == 1
+
+
+def test_workers_without_bertbatch_fail_once_with_the_python_named(tiny_exported, table_path, tmp_path):
+    """The CLI's --spark-conf spark.pyspark.python points the workers at a bare venv: one line, no Java stack."""
+    import subprocess
+
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    python = bare / "bin" / "python"
+    env = {k: v for k, v in os.environ.items() if k != "PYSPARK_PYTHON"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(bspark.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, "-m", "bertbatch", "score", str(tiny_exported), str(table_path), "-o",
+                          str(tmp_path / "out"), "--engine", "spark", "--master", "local[1]",
+                          "--spark-conf", f"spark.pyspark.python={python}", "--spark-conf", "spark.ui.enabled=false"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300, check=False)
+
+    assert run.returncode == EXIT_MODEL  # a deployment that cannot score: the model/runtime class of errors
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: Spark's Python workers on ")
+    assert f"run {python} (Python" in last and "cannot import bertbatch" in last
+    assert "spark.pyspark.python" in last  # says how to point the workers at a Python that has it
+    assert "Py4J" not in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_hive_partitioned_input_keeps_its_partition_columns_like_the_local_engine(spark_session, tiny_exported, tmp_path):
+    """dt=/region= directories: Spark's output has the same partition columns (typed as asked) as the local one."""
+    texts, _ = make_texts(40, seed=5)
+    root = tmp_path / "table"
+    for n, (dt, region) in enumerate([("2024-01-01", "eu"), ("2024-01-02", "us")]):
+        part = root / f"dt={dt}" / f"region={region}"
+        part.mkdir(parents=True)
+        rows = texts[n * 20:(n + 1) * 20]
+        pq.write_table(pa.table({"id": [f"{n}-{i}" for i in range(len(rows))], "text": rows}), part / "part.parquet")
+    local_out = tmp_path / "local"
+    score_file(root, local_out, tiny_exported, graph="fp32", partition_types=("dt:date32",))
+
+    bspark.score_files(root, tmp_path / "spark_out", tiny_exported, ScoreConfig(graph="fp32", partition_types=("dt:date32",)))
+
+    local = pq.read_table(local_out).to_pylist()
+    written = pq.read_table(tmp_path / "spark_out")
+    assert written.schema.field("dt").type == pa.date32() and written.schema.field("region").type == pa.string()
+    assert sorted((r["id"], r["dt"], r["region"], r["label"]) for r in written.to_pylist()) == \
+        sorted((r["id"], r["dt"], r["region"], r["label"]) for r in local)

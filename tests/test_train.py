@@ -7,9 +7,11 @@ import json
 import numpy as np
 import pyarrow as pa
 import pytest
+from click.testing import CliRunner
 from pyarrow import csv
 
 from bertbatch import fine_tune
+from bertbatch.cli import cli
 from bertbatch.errors import InputError
 from conftest import make_texts, write_parquet
 
@@ -62,7 +64,9 @@ def test_freeze_modes_keep_frozen_weights_unchanged(tmp_path, tiny_base, sentime
     for key in frozen:
         np.testing.assert_array_equal(after[key], before[key], err_msg=key)
     # every trainable tensor present in the base moved; the classifier is new and trained too
-    assert any(not np.array_equal(after[k], before[k]) for k in trained) or not trained
+    assert trained
+    for key in trained:
+        assert not np.array_equal(after[key], before[key]), key
     assert any(k.startswith("classifier.") for k in after)
 
 
@@ -72,18 +76,18 @@ def test_class_weights_change_the_loss_and_favour_the_rare_class(tmp_path, tiny_
     rows = [(t, l) for i, (t, l) in enumerate(zip(texts, labels)) if l == "pos" or i % 10 == 1]
     path = tmp_path / "imbalanced.parquet"
     write_parquet(path, text=[r[0] for r in rows], label=[r[1] for r in rows])
-    from bertbatch.train import _class_weights
-    from bertbatch.data import read_labeled
+    from bertbatch import Scorer
 
-    weights = _class_weights(read_labeled(path, "text", "label"))
-    counts = {"neg": sum(r[1] == "neg" for r in rows), "pos": sum(r[1] == "pos" for r in rows)}
-    assert weights[0] / weights[1] == pytest.approx(counts["pos"] / counts["neg"])
     plain = fine_tune(path, tmp_path / "plain", base_model=tiny_base, epochs=1, lr=1e-3, seed=1, quiet=True)
     weighted = fine_tune(path, tmp_path / "w", base_model=tiny_base, epochs=1, lr=1e-3, seed=1, class_weights="auto", quiet=True)
     assert weighted["train"]["config"]["class_weights"] == "auto"
-    # same seed and data: only the weighted loss differs, so the weights do too
-    assert not np.array_equal(_params(tmp_path / "plain")["classifier.weight"], _params(tmp_path / "w")["classifier.weight"])
+    # same seed and data: only the loss differs
     assert plain["train"]["best_validation"]["eval_loss"] != weighted["train"]["best_validation"]["eval_loss"]
+    # and the weighted loss (rare 'neg' weighted ~9x) pushes every text towards the rare class
+    texts_all = [r[0] for r in rows]
+    p_neg = {name: Scorer(tmp_path / name, graph="torch", probs=True).logits(texts_all).probs[:, 0]
+             for name in ("plain", "w")}
+    assert p_neg["w"].mean() > p_neg["plain"].mean()
 
 
 def test_multi_label_from_delimited_strings(tmp_path, tiny_base):
@@ -145,3 +149,17 @@ def test_pickle_base_model_is_refused(tmp_path, tiny_base, sentiment_csv):
     (base / "model.safetensors").rename(base / "pytorch_model.bin")
     with pytest.raises(ModelError, match="--allow-pickle"):
         fine_tune(sentiment_csv, tmp_path / "out", base_model=str(base), quiet=True)
+
+
+def test_train_console_is_one_table_row_per_epoch_and_q_silences_it(tmp_path, tiny_base, sentiment_csv):
+    args = ["train", str(sentiment_csv), "--base-model", tiny_base, "--epochs", "2", "--lr", "3e-3",
+            "--early-stopping-patience", "5"]
+    shown = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "a")])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:3] == ["epoch", "train_loss", "val_loss"])
+    assert [line.split()[0] for line in lines[header + 1:header + 3]] == ["1", "2"]
+    assert "{'loss'" not in shown.output and "it/s" not in shown.output and "{'eval_loss'" not in shown.output
+    quiet = CliRunner().invoke(cli, ["-q", *args, "--epochs", "1", "-o", str(tmp_path / "b")])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.output == ""

@@ -1,0 +1,539 @@
+"""Where rows come from: input discovery, streaming record-batch readers, rejects, and the input checks done
+before the first row is scored.
+
+CSV columns are read as strings, exactly as written (no type inference, no null markers), so an ID like
+`00123`, a 64-bit integer, or the text `NA` pass through untouched. Parquet keeps its own types.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob as globlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from urllib.parse import unquote
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pyarrow import csv
+
+from .config import ScoreConfig
+from .errors import InputError
+from .storage import Location, check_no_credentials, is_uri
+
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+TABLE_SUFFIXES = CSV_SUFFIXES + PARQUET_SUFFIXES
+
+
+def file_format(path: str | Path) -> str:
+    name = str(path).lower()
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if name.endswith(CSV_SUFFIXES):
+        return "csv"
+    raise InputError(f"{path}: unknown table format; expected one of {', '.join(TABLE_SUFFIXES)}.")
+
+
+def _is_data_name(name: str) -> bool:
+    # Spark/Hive conventions: _SUCCESS, _metadata and .crc/hidden files are not data.
+    return not name.startswith(("_", ".")) and name.lower().endswith(TABLE_SUFFIXES)
+
+
+def _is_data_file(path: Path) -> bool:
+    return path.is_file() and _is_data_name(path.name)
+
+
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input table: a local path or a file in a store, with the Hive partition values (`key=value`
+    directories between the input root and the file; strings, `__HIVE_DEFAULT_PARTITION__` is null)."""
+
+    path: Path | None = None
+    remote: Location | None = None
+    partitions: tuple[tuple[str, str | None], ...] = ()
+    types: tuple[tuple[str, str], ...] = ()  # partition key -> pyarrow type name (--partition-types); else string
+
+    def partition_values(self) -> dict[str, pa.Scalar]:
+        """Each partition key's value as a scalar of its type; a value the type cannot hold is an InputError."""
+        types = dict(self.types)
+        values = {}
+        for key, value in self.partitions:
+            kind = partition_type(types.get(key, "string"))
+            try:
+                values[key] = pa.scalar(value, pa.string()).cast(kind)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise InputError(f"{self}: partition value {key}={value!r} is not a {kind}; fix the directory name "
+                                 f"or --partition-types.") from None
+        return values
+
+    def __str__(self) -> str:
+        return str(self.path) if self.remote is None else str(self.remote)
+
+    def __fspath__(self) -> str:
+        if self.remote is not None:
+            raise TypeError(f"{self.remote} is in a store, not on this file system")
+        return str(self.path)
+
+    @property
+    def name(self) -> str:
+        return self.path.name if self.remote is None else self.remote.name
+
+    def resolved(self) -> str:
+        """The absolute path, links resolved, or the URI: the same for every way of naming the file."""
+        return str(self.path.resolve()) if self.remote is None else self.remote.uri
+
+    def open_random(self):
+        """What pyarrow's Parquet reader opens: the local path, or a random-access store file."""
+        return str(self.path) if self.remote is None else self.remote.open_input_file()
+
+    def open_stream(self):
+        """What pyarrow's CSV reader opens: the local path (compression from the suffix), or a decompressed stream."""
+        return str(self.path) if self.remote is None else self.remote.open_input_stream()
+
+    def identity(self) -> dict:
+        """Path (or URI), size, modification time and SHA-256 of the bytes: what a resumed job compares."""
+        if self.remote is None:
+            from .manifest import sha256_file
+
+            stat = self.path.stat()
+            return {"path": str(self.path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+                    "sha256": sha256_file(self.path)}
+        info = self.remote.info()
+        return {"path": self.remote.uri, "size": info.size, "mtime_ns": info.mtime_ns,
+                "sha256": self.remote.sha256()}
+
+
+def partition_type(name: str) -> pa.DataType:
+    try:
+        return pa.type_for_alias(name)
+    except ValueError:
+        raise InputError(f"--partition-types: unknown type {name!r}; use a pyarrow type name such as string, int32, "
+                         "int64, float64, bool, date32 or timestamp[s].") from None
+
+
+def hive_partitions(relative_dirs: list[str]) -> tuple[tuple[str, str | None], ...]:
+    """`key=value` directory names (percent-decoded, as Hive, Spark and DuckDB write them) as (key, value)."""
+    pairs = []
+    for segment in relative_dirs:
+        key, sep, value = segment.partition("=")
+        if sep and key:
+            value = unquote(value)
+            pairs.append((unquote(key), None if value == HIVE_NULL else value))
+    return tuple(pairs)
+
+
+def _with_partitions(files: list[InputFile], root: str) -> list[InputFile]:
+    """Every file under one input root must have the same partition keys in the same order."""
+    keys = {tuple(k for k, _ in f.partitions) for f in files}
+    if len(keys) > 1:
+        a, b = sorted(keys)[:2]
+        raise InputError(
+            f"Input {root} mixes Hive partition layouts: some files sit under {list(a) or 'no'} key=value directories, "
+            f"others under {list(b) or 'none'}. Give the partitioned directories as separate inputs or move the files."
+        )
+    return files
+
+
+def _local_tree(root: Path) -> list[InputFile]:
+    found = sorted(p for p in root.rglob("*") if _is_data_file(p))
+    return _with_partitions(
+        [InputFile(p, partitions=hive_partitions(list(p.relative_to(root).parts[:-1]))) for p in found], str(root))
+
+
+def _remote_tree(root: Location, pattern: str | None = None) -> list[InputFile]:
+    found = []
+    for loc in root.list_files():
+        relative = loc.relative_to(root)
+        if _is_data_name(loc.name) and (pattern is None or fnmatch.fnmatchcase(relative, pattern)):
+            found.append(InputFile(remote=loc, partitions=hive_partitions(relative.split("/")[:-1])))
+    return _with_partitions(found, str(root))
+
+
+def _expand_uri(item: str) -> list[InputFile]:
+    check_no_credentials(item)
+    where, _, query = item.partition("?")  # in a URI '?' starts the query: globs are '*' and '[...]'
+    if any(ch in where for ch in "*["):
+        prefix = where[: min(where.index(ch) for ch in "*[" if ch in where)].rsplit("/", 1)[0]
+        found = _remote_tree(Location.of(prefix + (f"?{query}" if query else "")), where[len(prefix) + 1:])
+        if not found:
+            raise InputError(f"No table files match {item}.")
+        return found
+    loc = Location.of(item)
+    if loc.is_file():
+        file_format(item)
+        return [InputFile(remote=loc)]
+    found = _remote_tree(loc)
+    if not found:
+        if loc.is_dir():
+            raise InputError(f"Directory {item} holds no {'/'.join(TABLE_SUFFIXES)} files.")
+        raise InputError(f"Input {item} does not exist.")
+    return found
+
+
+def expand_inputs(inputs: str | Path | list | tuple, partition_types: dict[str, str] | None = None) -> list[InputFile]:
+    """Files behind one or more inputs: a file, a directory of part files (recursive, sorted, Hive
+    `key=value` directories read as partition values, strings unless `partition_types` names a type),
+    or a glob; each a local path or a store URI."""
+    files = _expand(inputs)
+    if partition_types:
+        keys = {k for f in files for k, _ in f.partitions}
+        unknown = sorted(set(partition_types) - keys)
+        if unknown:
+            raise InputError(f"--partition-types names {unknown}, but the inputs have no such key=value directories "
+                             f"(their partition keys: {sorted(keys)}).")
+        for name in partition_types.values():
+            partition_type(name)
+        files = [replace(f, types=tuple((k, partition_types[k]) for k, _ in f.partitions if k in partition_types))
+                 for f in files]
+    return files
+
+
+def _expand(inputs) -> list[InputFile]:
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    files: list[InputFile] = []
+    for item in inputs:
+        if is_uri(str(item)):
+            files.extend(_expand_uri(str(item)))
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found = _local_tree(path)
+            if not found:
+                raise InputError(f"Directory {path} holds no {'/'.join(TABLE_SUFFIXES)} files.")
+            files.extend(found)
+        elif path.is_file():
+            file_format(path)
+            files.append(InputFile(path))
+        elif any(ch in str(item) for ch in "*?["):
+            found = sorted(Path(p) for p in globlib.glob(str(item), recursive=True) if _is_data_file(Path(p)))
+            if not found:
+                raise InputError(f"No table files match {item}.")
+            files.extend(InputFile(p) for p in found)
+        else:
+            raise InputError(f"Input {item} does not exist.")
+    seen: dict = {}
+    for index, path in enumerate(files):  # a row's identity is (file, record): one file twice is refused
+        first = seen.setdefault(path.resolved(), index)
+        if first != index:
+            raise InputError(f"Input {path} is given twice (also as {files[first]}); list each file once.")
+    return files
+
+
+def input_is_directory(inputs) -> bool:
+    """Whether any input names a directory (local or a store prefix): such input makes a directory output."""
+    items = [inputs] if isinstance(inputs, (str, Path)) else inputs
+    return any(Location.of(i).is_dir() if is_uri(str(i)) else Path(i).is_dir() for i in items)
+
+
+def csv_delimiter(path: Path) -> str:
+    return "\t" if str(path).lower().endswith((".tsv", ".tsv.gz")) else ","
+
+
+CSV_BLOCK = 1 << 22  # 4 MiB; a row larger than a block is retried with a larger one (see _csv_batches)
+CSV_MAX_BLOCK = 1 << 30
+
+
+def csv_options(path: Path, column_names: list[str] | None = None, invalid_row_handler=None,
+                block_size: int = CSV_BLOCK):
+    """Parse/convert options: quoted newlines allowed, every column a non-null string.
+
+    Parsing is serial (`use_threads=False`): pyarrow only knows a malformed row's line number then
+    (`InvalidRow.number` is None when blocks are parsed in parallel), and the line is the row's identity.
+    Scoring, not parsing, bounds the speed."""
+    read = csv.ReadOptions(block_size=block_size, use_threads=False)
+    parse = csv.ParseOptions(
+        delimiter=csv_delimiter(path), newlines_in_values=True, invalid_row_handler=invalid_row_handler
+    )
+    convert = csv.ConvertOptions(
+        column_types={name: pa.string() for name in column_names or []},
+        strings_can_be_null=False,
+        null_values=[],
+        quoted_strings_can_be_null=False,
+    )
+    return read, parse, convert
+
+
+def csv_header(path: Path) -> list[str]:
+    """Column names of a CSV file (compression detected from the suffix)."""
+    # rows are not this function's business: skip malformed ones so the real reader reports them by line
+    read, parse, convert = csv_options(path, block_size=1 << 16, invalid_row_handler=lambda row: "skip")
+    try:
+        with csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=convert) as reader:
+            return reader.schema.names
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            raise InputError(f"{path} is empty: no header and no rows.") from None
+        raise InputError(f"{path}: cannot read the CSV header: {exc}") from None
+    except (OSError, EOFError) as exc:  # truncated gzip and other I/O failures
+        raise InputError(f"{path}: cannot read: {exc}") from None
+
+
+def read_whole_table(inputs, columns: list[str] | None = None) -> pa.Table:
+    """Read every file behind `inputs` into one table (training/eval sizes, not scoring)."""
+    tables = []
+    for path in expand_inputs(inputs):
+        try:
+            if file_format(path) == "parquet":
+                table = pq.read_table(_random(path), columns=columns)
+            else:
+                read, parse, convert = csv_options(path, csv_header(path))
+                if columns:
+                    convert.include_columns = columns
+                table = csv.read_csv(_stream(path), read_options=read, parse_options=parse, convert_options=convert)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{path}: cannot read: {exc}") from None
+        tables.append(table)
+    try:
+        return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"Input files have different schemas: {exc}") from None
+
+
+# --------------------------------------------------------------------------------------------- streaming sources
+class Rejects:
+    """Unreadable rows kept aside with --on-bad-rows reject: (file, where, reason, raw text).
+
+    `where` is the row's identity, unique in its file and the same on every read: `record N`, the Nth
+    record of the CSV file counting the header as record 1 and every non-blank record after it (ragged or
+    not); it is the line number when no cell spans lines and no line is blank. A row met again (a retried
+    read, a resumed job) is kept once."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+        self.keys: set = set()
+
+    def add(self, file, where, reason, raw):
+        key = (str(file), str(where))
+        if key not in self.keys:
+            self.keys.add(key)
+            self.rows.append({"file": key[0], "where": key[1], "reason": reason, "raw": raw})
+
+    def __len__(self):
+        return len(self.rows)
+
+
+def _random(path):
+    return path.open_random() if isinstance(path, InputFile) else path
+
+
+def _stream(path):
+    return path.open_stream() if isinstance(path, InputFile) else path
+
+
+def input_schema(path: InputFile | Path) -> pa.Schema:
+    """Schema of one input file without reading its rows (CSV: every column a string), then its partition keys."""
+    if file_format(path) == "parquet":
+        try:
+            schema = pq.read_schema(_random(path))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{path}: not a readable Parquet file ({exc}).") from None
+    else:
+        schema = pa.schema([(name, pa.string()) for name in csv_header(path)])
+    values = path.partition_values() if isinstance(path, InputFile) else {}
+    for key, value in values.items():
+        if key in schema.names:
+            raise InputError(f"{path}: column '{key}' is also a Hive partition directory ({key}=...); rename one of them.")
+        schema = schema.append(pa.field(key, value.type))
+    return schema
+
+
+def read_batches(path: InputFile | Path, columns: list[str], rows: int, rejects: Rejects | None = None):
+    """Record batches of at most `rows` rows with `columns`, in file order; partition columns filled in.
+
+    CSV is read as bytes and then checked as UTF-8, so a bad row is reported with its row number
+    (or sent to `rejects`). Ragged CSV rows likewise. Errors name the file and the row.
+    """
+    partitions = path.partition_values() if isinstance(path, InputFile) else {}
+    stored = [c for c in columns if c not in partitions]
+    if file_format(path) == "parquet":
+        batches = _parquet_batches(path, stored, rows)
+    else:
+        batches = _csv_batches(path, stored, rows, rejects)
+    if not partitions:
+        yield from batches
+        return
+    for batch in batches:
+        arrays = [pa.repeat(partitions[c], batch.num_rows) if c in partitions else batch.column(c) for c in columns]
+        yield pa.RecordBatch.from_arrays(arrays, names=columns)
+
+
+def _parquet_batches(path, columns, rows):
+    try:
+        reader = pq.ParquetFile(_random(path))
+        for batch in reader.iter_batches(batch_size=rows, columns=columns):
+            yield batch
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{path}: cannot read Parquet ({exc}).") from None
+
+
+class _BlockTooSmall(Exception):
+    pass
+
+
+def _csv_batches(path, columns, rows, rejects):
+    """CSV record batches. A row larger than the block (pyarrow: "straddling object") restarts the read with
+    a 4x larger block, skipping the rows already handed out; the rows, their order and identities are the
+    same whatever the block size."""
+    block_size, done = CSV_BLOCK, [0]  # done[0]: well-formed data rows already handed out (or rejected)
+    while True:
+        try:
+            yield from _csv_pass(path, columns, rows, rejects, block_size, done)
+            return
+        except _BlockTooSmall:
+            if block_size >= CSV_MAX_BLOCK:
+                raise InputError(f"{path}, after data row {done[0]}: a row larger than {CSV_MAX_BLOCK >> 20} MiB "
+                                 "cannot be read. Split the cell or drop the row.") from None
+            block_size *= 4
+
+
+def _csv_pass(path, columns, rows, rejects, block_size, done):
+    ragged: list = []
+    ragged_records: list[int] = []  # record numbers of the ragged rows met in this pass, increasing
+
+    def on_invalid_row(row):
+        # serial parsing: pyarrow numbers every record (header = 1, blank lines skipped)
+        ragged_records.append(row.number)
+        where = f"record {row.number}"
+        reason = f"expected {row.expected_columns} columns, found {row.actual_columns}"
+        if rejects is None:
+            ragged.append((where, reason, row.text))
+            return "error"
+        rejects.add(path, where, reason, row.text)
+        return "skip"
+
+    header = csv_header(path)
+    read, parse, convert = csv_options(path, None, on_invalid_row, block_size)
+    convert.column_types = {name: pa.binary() for name in header}
+    convert.include_columns = columns
+    seen = 0  # well-formed data rows parsed in this pass
+    try:
+        with csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=convert) as reader:
+            for block in reader:
+                start, seen = seen, seen + block.num_rows
+                if seen <= done[0]:
+                    continue  # handed out by an earlier pass
+                if start < done[0]:
+                    block, start = block.slice(done[0] - start), done[0]
+                block = _decode_utf8(path, block, lambda i, start=start: _record(start + i + 1, ragged_records), rejects)
+                done[0] = seen
+                for first in range(0, block.num_rows, rows):
+                    yield block.slice(first, rows)
+    except pa.ArrowInvalid as exc:
+        if ragged:
+            where, reason, text = ragged[0]
+            raise InputError(f"{path}, {where}: {reason}: {text[:200]!r}. Fix the row or use --on-bad-rows reject.") from None
+        if "straddling object" in str(exc):
+            raise _BlockTooSmall() from None
+        raise InputError(f"{path}: cannot read CSV after {done[0]} data rows: {exc}") from None
+    except (OSError, EOFError) as exc:  # truncated gzip, I/O errors
+        raise InputError(f"{path}: read failed after {done[0]} data rows: {exc}") from None
+
+
+def _record(ordinal: int, ragged_records: list[int]) -> int:
+    """Record number of the `ordinal`-th well-formed data row: after the header and the ragged rows before it."""
+    record = ordinal + 1
+    for number in ragged_records:
+        if number > record:
+            break
+        record += 1
+    return record
+
+
+def _decode_utf8(path, block: pa.RecordBatch, record_of, rejects: Rejects | None) -> pa.RecordBatch:
+    """Cast every bytes column to string; find and name (or reject) rows that are not valid UTF-8.
+
+    `record_of(i)`: the record number (the rows' identity) of row i of this block."""
+    try:
+        return pa.RecordBatch.from_arrays([a.cast(pa.string()) for a in block.columns], names=block.schema.names)
+    except pa.ArrowInvalid:
+        pass
+    bad = {}
+    for name, column in zip(block.schema.names, block.columns):
+        for i, value in enumerate(column.to_pylist()):
+            try:
+                value.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.setdefault(i, name)
+    if rejects is None:
+        row, column = min(bad.items())
+        raise InputError(
+            f"{path}, record {record_of(row)}, column '{column}': invalid UTF-8. "
+            "Re-encode the file as UTF-8 or use --on-bad-rows reject."
+        )
+    for row, column in sorted(bad.items()):
+        raw = block.column(block.schema.names.index(column))[row].as_py()
+        rejects.add(path, f"record {record_of(row)}", f"invalid UTF-8 in column '{column}'", raw.decode("utf-8", "replace"))
+    keep = pa.array([i not in bad for i in range(block.num_rows)])
+    return _decode_utf8(path, block.filter(keep), record_of, None)
+
+
+# ------------------------------------------------------------------------------------------------ input checks
+def check_inputs(files: list[Path], config: ScoreConfig) -> tuple[list[str], pa.Schema]:
+    """Check every input file before the first row is scored: readable header or footer, unique column names,
+    rows present (with --on-bad-rows error), text column present and textual, the same kept schema."""
+    reference = None
+    for path in files:
+        schema = input_schema(path)
+        duplicates = sorted({name for name in schema.names if schema.names.count(name) > 1})
+        if duplicates:
+            raise InputError(f"{path} has duplicate column names {duplicates}; columns are {schema.names}. "
+                             "Rename them so each column has one name.")
+        if config.on_bad_rows == "error" and not has_rows(path):
+            raise InputError(f"{path} has no data rows (empty or header only). Remove it or use --on-bad-rows reject.")
+        _, kept = check_schema(schema, config, str(path))
+        if reference is None:
+            reference = (path, kept)
+        elif not kept.equals(reference[1]):
+            raise InputError(
+                f"Input files have different schemas: {reference[0]} has {reference[1].names} "
+                f"({[str(t) for t in reference[1].types]}), {path} has {kept.names} ({[str(t) for t in kept.types]})."
+            )
+    return list(reference[1].names), reference[1]
+
+
+def check_schema(schema: pa.Schema, config: ScoreConfig, where: str) -> tuple[list[str], pa.Schema]:
+    """The checks of one input's columns, for files and Arrow streams alike: the text column(s) present and
+    textual, the --keep columns present. Returns the kept names and their schema."""
+    for column in config.text_columns:
+        if column not in schema.names:
+            raise InputError(f"Column '{column}' not found in {where}; columns are {schema.names}. Use --text-column NAME.")
+        kind = schema.field(column).type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+            raise InputError(f"Column '{column}' in {where} has type {kind}; text must be strings.")
+    keep = list(config.keep) if config.keep is not None else schema.names
+    missing = [c for c in keep if c not in schema.names]
+    if missing:
+        raise InputError(f"--keep columns {missing} not found in {where}; columns are {schema.names}.")
+    return keep, pa.schema([schema.field(c) for c in keep])
+
+
+def total_rows(files: list[Path]) -> int | None:
+    """Row count from Parquet metadata (an independent check of conservation); None for CSV."""
+    if all(str(f).lower().endswith((".parquet", ".pq")) for f in files):
+        return sum(pq.ParquetFile(_random(f)).metadata.num_rows for f in files)
+    return None
+
+
+def has_rows(path: Path) -> bool:
+    """Whether a file holds at least one data row (Parquet: its footer; CSV: the first records parsed)."""
+    if file_format(path) == "parquet":
+        try:
+            return pq.ParquetFile(_random(path)).metadata.num_rows > 0
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{path}: not a readable Parquet file ({exc}).") from None
+    read, parse, convert = csv_options(path, invalid_row_handler=lambda row: "skip", block_size=1 << 16)
+    convert.column_types = {name: pa.binary() for name in csv_header(path)}
+    try:
+        with csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=convert) as reader:
+            return any(batch.num_rows for batch in reader)
+    except pa.ArrowInvalid as exc:
+        if "straddling object" in str(exc):
+            return True  # a row larger than this probe's block: there is a row
+        raise InputError(f"{path}: cannot read CSV: {exc}") from None
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read: {exc}") from None

@@ -1,0 +1,163 @@
+"""Texts -> flat token ids + offsets, tokenized in chunks across threads, in input order.
+
+The Rust tokenizer releases the GIL while it encodes, so chunks run side by side on a small thread pool while
+another thread holds the GIL to turn a finished chunk into arrays; `encode_batch_fast` skips the character
+offsets scoring never reads (single texts; see _tokenize_chunk for pairs). Each call also spreads its chunk over the tokenizers library's own rayon pool,
+whose size rayon takes from `std::thread::available_parallelism()` (CPU affinity and cgroup quota, like
+`runtime.available_cpus`) unless RAYON_NUM_THREADS is set; bertbatch leaves that pool as the user set it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+CHUNK_ROWS = 512  # rows per tokenizer call: enough to amortise the call, small enough to spread over threads
+
+
+@dataclass
+class Tokens:
+    """Token segments as flat arrays: segment s is ids[offsets[s]:offsets[s + 1]], from input owner[s]."""
+
+    ids: np.ndarray  # int64, every segment's ids concatenated
+    offsets: np.ndarray  # int64, (segments + 1,)
+    types: np.ndarray | None  # token type ids laid out like `ids`; None when the caller did not ask for them
+    owner: np.ndarray  # int64, (segments,): index of the input each segment came from
+    truncated: np.ndarray  # bool, (inputs,)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def ascii_twin(tokenizer):
+    """The same tokenizer without the normalizer steps that cannot change ASCII text, or None.
+
+    BERT's normalizer looks up every character's Unicode category to pad CJK ideographs and strips accents
+    through an NFD decomposition; on ASCII text both are no-ops (no ideographs; NFD of ASCII is itself, with
+    no combining marks to strip), so ASCII rows can skip them (~14% of the tokenizer's time on SMS texts)."""
+    from tokenizers import Tokenizer, normalizers
+
+    spec = json.loads(tokenizer.to_str()).get("normalizer") or {}
+    if spec.get("type") != "BertNormalizer":
+        return None
+    lowercase = bool(spec.get("lowercase", True))
+    strip = spec.get("strip_accents")
+    if not spec.get("handle_chinese_chars", True) and not (lowercase if strip is None else strip):
+        return None  # nothing to skip
+    twin = Tokenizer.from_str(tokenizer.to_str())
+    twin.normalizer = normalizers.BertNormalizer(clean_text=bool(spec.get("clean_text", True)),
+                                                 handle_chinese_chars=False, strip_accents=False, lowercase=lowercase)
+    return twin
+
+
+def tokenize(tokenizer, inputs: list, max_length: int, window: bool, types: bool, pool=None,
+             chunk_rows: int = CHUNK_ROWS, ascii_tokenizer=None) -> Tokens:
+    """Encode `inputs` (texts, or (text, pair) tuples) with truncation at `max_length`.
+
+    window: every overflowing piece becomes a segment right after its row's first one (else only the first).
+    types: also return token type ids. pool: a concurrent.futures executor; chunks run on it, order kept.
+    ascii_tokenizer: `ascii_twin(tokenizer)`, used for single texts that are pure ASCII."""
+    chunks = [inputs[i:i + chunk_rows] for i in range(0, len(inputs), chunk_rows)]
+
+    def work(chunk):
+        return _tokenize_chunk(tokenizer, chunk, max_length, window, types, ascii_tokenizer)
+
+    parts = list(pool.map(work, chunks)) if pool is not None and len(chunks) > 1 else [work(c) for c in chunks]
+    return concat(parts)
+
+
+def _encode(tokenizer, inputs: list, ascii_tokenizer=None) -> list:
+    """Encodings of `inputs` in order; pure-ASCII single texts through `ascii_tokenizer` when given."""
+    if not inputs:
+        return []
+    if isinstance(inputs[0], tuple):
+        # encode_batch_fast gives text pairs' overflowing pieces wrong token type ids (tokenizers 0.22.2: a
+        # piece [CLS] a [SEP] b [SEP] typed 0...0 1); pairs take the full encode, which types them like the first
+        return tokenizer.encode_batch(inputs, add_special_tokens=True)
+    if ascii_tokenizer is None:
+        return tokenizer.encode_batch_fast(inputs, add_special_tokens=True)
+    plain = [text.isascii() for text in inputs]
+    rest = [i for i, p in enumerate(plain) if not p]
+    if not rest:
+        return ascii_tokenizer.encode_batch_fast(inputs, add_special_tokens=True)
+    if len(rest) == len(inputs):
+        return tokenizer.encode_batch_fast(inputs, add_special_tokens=True)
+    easy = iter(ascii_tokenizer.encode_batch_fast([t for t, p in zip(inputs, plain) if p], add_special_tokens=True))
+    hard = iter(tokenizer.encode_batch_fast([inputs[i] for i in rest], add_special_tokens=True))
+    return [next(easy) if p else next(hard) for p in plain]
+
+
+def _tokenize_chunk(tokenizer, inputs: list, max_length: int, window: bool, types: bool,
+                    ascii_tokenizer=None) -> Tokens:
+    encodings = _encode(tokenizer, inputs, ascii_tokenizer)
+    n = len(encodings)
+    ids = [e.ids for e in encodings]
+    type_ids = [e.type_ids for e in encodings] if types else None
+    lengths = np.fromiter(map(len, ids), np.int64, n)
+    truncated = np.zeros(n, dtype=bool)
+    extra_ids, extra_types, extra_owner = [], [], []
+    # truncation leaves exactly max_length tokens, so only rows that long can have overflowing pieces
+    for row in np.flatnonzero(lengths >= max_length).tolist():
+        pieces = encodings[row].overflowing
+        truncated[row] = bool(pieces)
+        if window:
+            extra_ids += [p.ids for p in pieces]
+            extra_types += [p.type_ids for p in pieces] if types else []
+            extra_owner += [row] * len(pieces)
+    owner = np.arange(n, dtype=np.int64)
+    if extra_ids:
+        ids += extra_ids
+        type_ids = type_ids + extra_types if types else None
+        lengths = np.concatenate([lengths, np.fromiter(map(len, extra_ids), np.int64, len(extra_ids))])
+        owner = np.concatenate([owner, np.asarray(extra_owner, dtype=np.int64)])
+    tokens = Tokens(_flatten(ids, lengths), _offsets(lengths), _flatten(type_ids, lengths) if types else None,
+                    owner, truncated)
+    if extra_ids:  # each row's pieces right after its first segment, in the tokenizer's order
+        tokens = take_segments(tokens, np.argsort(owner, kind="stable"))
+    return tokens
+
+
+def _flatten(lists: list, lengths: np.ndarray) -> np.ndarray:
+    return np.fromiter(itertools.chain.from_iterable(lists), np.int64, int(lengths.sum()))
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def segment_positions(offsets: np.ndarray, segments: np.ndarray) -> np.ndarray:
+    """Positions in the flat arrays of the tokens of `segments`, segment after segment."""
+    starts, lengths = offsets[segments], offsets[segments + 1] - offsets[segments]
+    within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(_offsets(lengths)[:-1], lengths)
+    return np.repeat(starts, lengths) + within
+
+
+def take_segments(tokens: Tokens, order: np.ndarray) -> Tokens:
+    """The segments in `order` (a permutation of them), flat arrays rebuilt to match."""
+    positions = segment_positions(tokens.offsets, order)
+    return Tokens(tokens.ids[positions], _offsets(tokens.lengths[order]),
+                  None if tokens.types is None else tokens.types[positions], tokens.owner[order], tokens.truncated)
+
+
+def concat(parts: list[Tokens]) -> Tokens:
+    """Chunks' tokens as one, inputs numbered across chunks in order."""
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return Tokens(empty, np.zeros(1, dtype=np.int64), empty, empty, np.zeros(0, dtype=bool))
+    if len(parts) == 1:
+        return parts[0]
+    firsts = np.cumsum([0] + [len(p.truncated) for p in parts[:-1]])
+    types = None if parts[0].types is None else np.concatenate([p.types for p in parts])
+    return Tokens(
+        np.concatenate([p.ids for p in parts]),
+        _offsets(np.concatenate([p.lengths for p in parts])),
+        types,
+        np.concatenate([p.owner + first for p, first in zip(parts, firsts)]),
+        np.concatenate([p.truncated for p in parts]),
+    )
