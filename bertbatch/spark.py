@@ -46,6 +46,7 @@ from .score import Scorer, output_schema
 from .sink import output_format, refuse_existing, refuse_input_overlap
 from .source import check_inputs, csv_delimiter, expand_inputs, file_format
 from .summary import make_summary
+from .tune import choose_settings
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,9 @@ class _Job:
     model: ModelShipment
     config: ScoreConfig  # as the executors run it (graph relative to the model directory)
     keep: tuple
+    # the graph every CPU task runs when none was named: chosen once on the driver (its tune record or the
+    # safe default), so executors on other machines never pick another graph and relabel rows
+    cpu_graph: str | None = None
 
 
 def _score(df, model_dir, config: ScoreConfig, ship_model: bool | None, tally: bool = False,
@@ -253,9 +257,10 @@ def _score(df, model_dir, config: ScoreConfig, ship_model: bool | None, tally: b
     ship = not spark.sparkContext.master.startswith("local") if ship_model is None else ship_model
     graph = _executor_graph(model.path, config.graph, ship)
     config = replace(config, graph=graph, keep=tuple(keep))
-    hashes = _hash_files(model.path, [*GRAPH_HASHED, *_candidate_graphs(model, config)])
+    cpu_graph = graph or choose_settings(model, config, CPU).graph
+    hashes = _hash_files(model.path, [*GRAPH_HASHED, *_candidate_graphs(model, config, cpu_graph)])
     shipped = _ship(spark, model, hashes) if ship else None
-    job = _Job(ModelShipment(str(model.path), shipped, hashes), config, tuple(keep))
+    job = _Job(ModelShipment(str(model.path), shipped, hashes), config, tuple(keep), cpu_graph)
     kept = pa.schema([pa.field(name, pa.null()) for name in keep])  # names only: Spark keeps its own types
     results = pa.schema(list(output_schema(kept, model.labels, model.multi_label, config))[len(keep):])
     facts = check_executors_can_score(spark, job.model) if check_executors else []
@@ -399,10 +404,10 @@ def _executor_graph(root: Path, graph: str | None, ship: bool) -> str | None:
     return str(path)
 
 
-def _candidate_graphs(model: ModelDir, config: ScoreConfig) -> list[str]:
+def _candidate_graphs(model: ModelDir, config: ScoreConfig, cpu_graph: str | None = None) -> list[str]:
     """The graphs an executor may pick: for `auto`, the CPU choice and the CUDA one (a task may hold a GPU)."""
     providers = {"cpu": [CPU], "cuda": [CUDA], "auto": [CPU, CUDA]}[config.provider]
-    graphs = {model.graph_path(config.graph, p) for p in providers}
+    graphs = {model.graph_path(cpu_graph if p == CPU and cpu_graph else config.graph, p) for p in providers}
     if None in graphs:
         raise ModelError(
             f"Spark scoring runs ONNX graphs and {model.path} has none{' (--graph torch)' if config.graph else ''}. "
@@ -619,7 +624,8 @@ def _worker_scorer(job: _Job) -> Scorer:
     context = TaskContext.get()
     provider, device = task_provider(job.config.provider, context)
     threads = job.config.threads or task_cpus(context)
-    config = replace(job.config, provider="cuda" if provider == CUDA else "cpu", threads=threads)
+    graph = job.config.graph or (job.cpu_graph if provider == CPU else None)
+    config = replace(job.config, provider="cuda" if provider == CUDA else "cpu", threads=threads, graph=graph)
     root = job.model.root()
     key = (str(root), job.model.hashes, device, json.dumps(asdict(config), sort_keys=True, default=str))
     if key not in _SCORERS:

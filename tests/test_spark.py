@@ -284,3 +284,4 @@ def test_hive_partitioned_input_keeps_its_partition_columns_like_the_local_engin
     assert written.schema.field("dt").type == pa.date32() and written.schema.field("region").type == pa.string()
     assert sorted((r["id"], r["dt"], r["region"], r["label"]) for r in written.to_pylist()) == \
         sorted((r["id"], r["dt"], r["region"], r["label"]) for r in local)
+
