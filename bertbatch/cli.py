@@ -293,7 +293,8 @@ def _summary_line(s: dict) -> str:
         f"{s['rows_in']:,} rows in, {s['rows_written']:,} written ({s['rows_with_error']:,} with error), "
         f"{s['rows_rejected']:,} rejected; {s['rows_per_s']:,} rows/s, {s['tokens_per_s']:,} tokens/s, "
         f"padding efficiency {s['padding_ratio']}; {s['provider']} ({s['graph']}, {s['threads']} threads) -> {s['output']}"
-    ) + (f"; rejected rows -> {s['rejects']}" if s.get("rejects") else "")
+    ) + (f"; rejected rows -> {s['rejects']}" if s.get("rejects") else "") + (
+        f"\nsettings: {s['settings']}" if s.get("settings") else "")
 
 
 def _model_dir_or_uri(ctx, param, value):

@@ -36,6 +36,8 @@ def test_score_cli_prints_a_summary_and_writes_the_file(tmp_path, tiny_exported)
     result = CliRunner().invoke(cli, ["score", str(tiny_exported), str(src), "-o", str(out), "--probs"])
     assert result.exit_code == 0, result.output
     assert "2 rows in, 2 written" in result.output and "CPUExecutionProvider (int8" in result.output
+    # which graph/budget/threads and why (no tune record for this machine: the safe defaults)
+    assert "settings: safe defaults (no tune record for this machine" in result.output
     assert out.read_text().splitlines()[0] == '"id","text","label","score","prob_neg","prob_pos","truncated","error"'
 
 
