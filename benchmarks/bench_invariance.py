@@ -97,17 +97,10 @@ def quality(model: str, graph, sms: list[str], truth: list[str], ood: list[str],
 
 def rows_per_s(model: str, graph, texts: list[str]) -> float:
     """In-process scoring speed (tokenize + batch + run) at the default budget: best of 3 after a warm-up."""
-    from bertbatch import Scorer
     from bertbatch.runtime import CPU, OrtRunner
+    from bertbatch.tune import time_rows_per_s
 
-    scorer = Scorer(model, runner=OrtRunner(graph, CPU), max_tokens=BUDGET_A[0], max_batch_rows=BUDGET_A[1])
-    scorer.logits(texts[:256])
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        scorer.logits(texts)
-        best = min(best, time.perf_counter() - start)
-    return round(len(texts) / best, 1)
+    return time_rows_per_s(Path(model), OrtRunner(graph, CPU), texts, BUDGET_A)
 
 
 def variants(model: str, tmp: Path, sms, truth, ood, fp32: dict, speed_texts) -> list[dict]:

@@ -142,7 +142,7 @@ def tune(model_dir: str | Path, provider: str = "auto", seconds: float = 60.0, r
         if (key, n_threads) not in runner_cache:
             runner_cache[(key, n_threads)] = OrtRunner(model.path / GRAPH_FILES[key], provider, n_threads)
         point = {"graph": key, "max_tokens": budget[0], "max_batch_rows": budget[1], "threads": n_threads,
-                 "rows_per_s": _rows_per_s(model.path, runner_cache[(key, n_threads)], texts, budget)}
+                 "rows_per_s": time_rows_per_s(model.path, runner_cache[(key, n_threads)], texts, budget)}
         measured.append(point)
         if progress:
             progress(f"{key} {budget[0]} tokens/{budget[1]} rows, {n_threads} threads: {point['rows_per_s']:,.0f} rows/s")
@@ -213,7 +213,7 @@ def tune_texts(model: ModelDir, rows: int) -> list[str]:
     return (texts * (-(-rows // len(texts))))[:rows] if len(texts) < rows else texts[:rows]
 
 
-def _rows_per_s(model_dir: Path, runner, texts: list[str], budget: tuple[int, int]) -> float:
+def time_rows_per_s(model_dir: Path, runner, texts: list[str], budget: tuple[int, int]) -> float:
     """Rows/s of scoring `texts` (tokenize, batch, run) at a budget: best of 3 after one warm-up."""
     from .score import Scorer
 
