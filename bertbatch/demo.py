@@ -43,7 +43,7 @@ def run_demo(workdir: str | Path = "."):
            f"accuracy {metrics['accuracy']:.4f}, spam F1 {metrics['per_class']['spam']['f1']:.4f}")
 
     if not (model_dir / "onnx" / "model.onnx").exists():
-        yield "Exporting ONNX graphs (fp32 O1 + int8 from O2, last layer trimmed to token 0) with the parity gate"
+        yield "Exporting ONNX graphs (fp32 O1 + static int8, last layer trimmed to token 0) with the parity, out-of-domain and batch-invariance gates"
         export = export_onnx(model_dir)
         for graph in export["graphs"].values():
             yield "  " + graph_line(graph)

@@ -230,12 +230,29 @@ def _quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: bo
 
     out.mkdir(parents=True)
     target = out / "model_int8.onnx"
-    quantize_static(
-        str(graph), str(target), Feeds(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-        nodes_to_quantize=matmuls, per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8, extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"] if float_out else []},
-    )
+    hint = _DropMessage("pre-process")  # ORT's root-logger advice to run its shape pre-processing: not for users
+    logging.getLogger().addFilter(hint)
+    try:
+        quantize_static(
+            str(graph), str(target), Feeds(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+            nodes_to_quantize=matmuls, per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"] if float_out else []},
+        )
+    finally:
+        logging.getLogger().removeFilter(hint)
     return target
+
+
+class _DropMessage(logging.Filter):
+    """Drops log records whose message contains `text`."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
 
 
 def _calibration_feeds(model_dir: Path, texts: list[str]) -> list[dict]:
