@@ -123,6 +123,10 @@ class ScoreConfig:
     partition_by: tuple[str, ...] | None = None
     # Types of Hive partition keys read from input paths, "key:type" (pyarrow names); other keys are strings.
     partition_types: tuple[str, ...] | None = None
+    # Who tokenizes single texts: "auto" = nanotoken where it loads the tokenizer and agrees with the
+    # tokenizers library on a probe corpus (same ids, tens of times faster), else the tokenizers library;
+    # "tokenizers" = always the tokenizers library.
+    tokenizer_backend: str = "auto"
     rejects: str | None = None  # rejected rows' file for file and stdout outputs (default: OUT.rejects.csv)
 
     @property

@@ -227,6 +227,7 @@ def _summary(totals: dict, scorer: Scorer, metadata: dict, layout: OutputLayout,
         graph=metadata["bertbatch.graph"],
         threads=scorer.runner.threads,
         settings=scorer.settings_reason,  # why this graph, budget and threads: explicit, tuned, or safe defaults
+        tokenizer=scorer.tokenizer_backend,  # nanotoken or the tokenizers library (same ids)
         output="-" if layout.stdout else str(layout.output),
         parts=[str(p) for p in layout.list_parts()] if layout.directory else None,
         rejects=str(layout.rejects_path) if layout.rejects_path and config.on_bad_rows == "reject" else None,

@@ -20,7 +20,7 @@ from .config import ScoreConfig
 from .errors import InputError, ModelError
 from .modeldir import ModelDir
 from .runtime import CUDA, OrtRunner, Runner, TorchRunner, available_cpus, resolve_provider
-from .tokenize import Tokens, ascii_twin, tokenize
+from .tokenize import Tokens, ascii_twin, tokenize, wordpiece_twin
 from .tune import choose_settings
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,13 @@ class Scorer:
         self._pool: ThreadPoolExecutor | None = None
         self._single_types = any(self.tokenizer.encode("a").type_ids)
         self._ascii_tokenizer = ascii_twin(self.tokenizer)
+        self._wordpiece = wordpiece_twin(self.tokenizer) if config.tokenizer_backend == "auto" else None
         check_consistency(self.model, self.tokenizer, runner)
+
+    @property
+    def tokenizer_backend(self) -> str:
+        """Which library tokenizes single texts: nanotoken (same ids, flat arrays) or the tokenizers library."""
+        return "nanotoken" if self._wordpiece is not None else "tokenizers"
 
     @property
     def graph_file(self) -> Path | None:
@@ -151,7 +157,8 @@ class Scorer:
         # takes them and they can be otherwise (pairs, or a template that types single texts)
         types = "token_type_ids" in self.runner.input_names and (paired or self._single_types)
         tokens = tokenize(self.tokenizer, inputs, self.max_length, self.config.long_text == "window", types,
-                          pool=self._tokenizer_pool(), ascii_tokenizer=self._ascii_tokenizer)
+                          pool=self._tokenizer_pool(), ascii_tokenizer=self._ascii_tokenizer,
+                          wordpiece=self._wordpiece)
         tokens.owner = valid[tokens.owner]
         truncated = np.zeros(n, dtype=bool)
         truncated[valid] = tokens.truncated

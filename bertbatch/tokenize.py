@@ -1,6 +1,12 @@
 """Texts -> flat token ids + offsets, tokenized in chunks across threads, in input order.
 
-The Rust tokenizer releases the GIL while it encodes, so chunks run side by side on a small thread pool while
+Single texts under a WordPiece tokenizer go through nanotoken, which returns each chunk as one flat id buffer
+plus row offsets (no per-row Python object) and matches the tokenizers library id for id; `wordpiece_twin`
+builds it only when it loads the tokenizer.json and agrees with the tokenizers library on a corpus of awkward
+texts, and truncation and windows are cut from its full encodings here, as the tokenizers library cuts them.
+Everything else (text pairs, tokenizers nanotoken does not support) takes the tokenizers library.
+
+The Rust tokenizers release the GIL while it encodes, so chunks run side by side on a small thread pool while
 another thread holds the GIL to turn a finished chunk into arrays; `encode_batch_fast` skips the character
 offsets scoring never reads (single texts; see _tokenize_chunk for pairs). Each call also spreads its chunk over the tokenizers library's own rayon pool,
 whose size rayon takes from `std::thread::available_parallelism()` (CPU affinity and cgroup quota, like
@@ -11,9 +17,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 512  # rows per tokenizer call: enough to amortise the call, small enough to spread over threads
 
@@ -54,20 +63,105 @@ def ascii_twin(tokenizer):
     return twin
 
 
+# Texts on which a WordPiece twin must give the tokenizers library's ids before it is used: accents and
+# combining marks, CJK, emoji and joiners, control, zero-width and exotic whitespace, case traps, special
+# tokens written in the text, an overlong word, punctuation runs.
+AWKWARD_TEXTS = (
+    "Héllo, WORLD! Ça va? naïve café", "Cafe\u0301 e\u0301te\u0301 Å Ω ß ﬁ ǅ", "中文字符和日本語のテキスト 한국어",
+    "emoji 👍🏽 family 👨‍👩‍👧 flag 🇫🇷", "tab\there\nnew\r\nline\x0bvt\x0cff\x00nul\u200bzw\u00a0nbsp\u3000ideo",
+    "İstanbul ΣΊΣΥΦΟΣ straße", "[CLS] [SEP] [PAD] [MASK] [UNK] inside text[SEP]x",
+    "a" * 150 + " supercalifragilisticexpialidocious", "...!!!???---___***", "don't won't it's U.S.A. 3.14 1,000",
+    "\u0000\ufffd\ud7ff\ue000 private use", "Ｆｕｌｌｗｉｄｔｈ ＡＳＣＩＩ", "مرحبا بالعالم שלום עולם", "x" * 5 + "\u0301" * 5,
+)
+
+
+def wordpiece_twin(tokenizer):
+    """nanotoken's WordPiece over `tokenizer`'s tokenizer.json, or None: not installed, a tokenizer it does not
+    support, a single-text template that types tokens, or any id differing from `tokenizer` on AWKWARD_TEXTS."""
+    try:
+        import nanotoken
+    except ImportError:
+        return None
+    try:
+        twin = nanotoken.Tokenizer.from_json(tokenizer.to_str())
+    except ValueError:  # UnsupportedTokenizerError: a normalizer, model or template it does not implement
+        return None
+    full = type(tokenizer).from_str(tokenizer.to_str())
+    full.no_truncation()
+    expected = [e.ids for e in full.encode_batch(list(AWKWARD_TEXTS), add_special_tokens=True)]
+    if any(any(e.type_ids) for e in full.encode_batch(list(AWKWARD_TEXTS[:1]))):
+        return None
+    got = twin.encode_batch(list(AWKWARD_TEXTS), parallel=False)
+    if [got[i].tolist() for i in range(len(got))] != expected:
+        log.warning("nanotoken disagrees with the tokenizers library on this tokenizer: using the slower library")
+        return None
+    return twin
+
+
 def tokenize(tokenizer, inputs: list, max_length: int, window: bool, types: bool, pool=None,
-             chunk_rows: int = CHUNK_ROWS, ascii_tokenizer=None) -> Tokens:
+             chunk_rows: int = CHUNK_ROWS, ascii_tokenizer=None, wordpiece=None) -> Tokens:
     """Encode `inputs` (texts, or (text, pair) tuples) with truncation at `max_length`.
 
     window: every overflowing piece becomes a segment right after its row's first one (else only the first).
     types: also return token type ids. pool: a concurrent.futures executor; chunks run on it, order kept.
-    ascii_tokenizer: `ascii_twin(tokenizer)`, used for single texts that are pure ASCII."""
+    ascii_tokenizer: `ascii_twin(tokenizer)`, used for single texts that are pure ASCII.
+    wordpiece: `wordpiece_twin(tokenizer)`, used for single texts when token types are not asked for."""
     chunks = [inputs[i:i + chunk_rows] for i in range(0, len(inputs), chunk_rows)]
-
-    def work(chunk):
-        return _tokenize_chunk(tokenizer, chunk, max_length, window, types, ascii_tokenizer)
+    stride = (tokenizer.truncation or {}).get("stride", 0)
+    if wordpiece is not None and inputs and not types and not isinstance(inputs[0], tuple) \
+            and _fits_template(wordpiece, max_length, stride if window else 0):
+        def work(chunk):
+            return _wordpiece_chunk(wordpiece, chunk, max_length, window, stride)
+    else:
+        def work(chunk):
+            return _tokenize_chunk(tokenizer, chunk, max_length, window, types, ascii_tokenizer)
 
     parts = list(pool.map(work, chunks)) if pool is not None and len(chunks) > 1 else [work(c) for c in chunks]
     return concat(parts)
+
+
+def _fits_template(wordpiece, max_length: int, stride: int) -> bool:
+    """Whether a segment of `max_length` leaves room for text after the special tokens, and windows advance."""
+    room = max_length - len(wordpiece.backend.prefix_ids) - len(wordpiece.backend.suffix_ids)
+    return room > 0 and room - stride > 0
+
+
+def _wordpiece_chunk(wordpiece, inputs: list, max_length: int, window: bool, stride: int) -> Tokens:
+    """Full encodings from nanotoken, cut as the tokenizers library truncates a single text: at most
+    max_length - specials text tokens per segment, the next window starting `stride` tokens before the last
+    one ended, and the template's special tokens around each segment."""
+    full = wordpiece.encode_batch(inputs, parallel=False)  # our pool runs chunks side by side; no fork hazard
+    ids, offsets = full.ids.astype(np.int64), full.offsets
+    n = len(inputs)
+    prefix = np.asarray(wordpiece.backend.prefix_ids, dtype=np.int64)
+    suffix = np.asarray(wordpiece.backend.suffix_ids, dtype=np.int64)
+    room = max_length - len(prefix) - len(suffix)
+    text_len = np.diff(offsets) - len(prefix) - len(suffix)
+    truncated = text_len > room
+    if not truncated.any():
+        return Tokens(ids, offsets, None, np.arange(n, dtype=np.int64), truncated)
+    step = room - stride
+    pieces = np.ones(n, dtype=np.int64)
+    if window:  # windows start at 0, step, 2*step, ... until one reaches the text's end
+        pieces[truncated] = -(-(text_len[truncated] - room) // step) + 1
+    owner = np.repeat(np.arange(n, dtype=np.int64), pieces)
+    piece = np.arange(len(owner), dtype=np.int64) - np.repeat(_offsets(pieces)[:-1], pieces)
+    kept = np.minimum(room, text_len[owner] - piece * step)
+    out_offsets = _offsets(kept + len(prefix) + len(suffix))
+    out = np.empty(int(out_offsets[-1]), dtype=np.int64)
+    source = _ranges(offsets[owner] + len(prefix) + piece * step, kept)
+    out[_ranges(out_offsets[:-1] + len(prefix), kept)] = ids[source]
+    if len(prefix):
+        out[(out_offsets[:-1, None] + np.arange(len(prefix))).ravel()] = np.tile(prefix, len(owner))
+    if len(suffix):
+        out[(out_offsets[1:, None] - len(suffix) + np.arange(len(suffix))).ravel()] = np.tile(suffix, len(owner))
+    return Tokens(out, out_offsets, None, owner, truncated)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """starts[0], starts[0] + 1, ..., then the same for each start: lengths[i] positions from starts[i]."""
+    within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(_offsets(lengths)[:-1], lengths)
+    return np.repeat(starts, lengths) + within
 
 
 def _encode(tokenizer, inputs: list, ascii_tokenizer=None) -> list:
@@ -133,9 +227,7 @@ def _offsets(lengths: np.ndarray) -> np.ndarray:
 
 def segment_positions(offsets: np.ndarray, segments: np.ndarray) -> np.ndarray:
     """Positions in the flat arrays of the tokens of `segments`, segment after segment."""
-    starts, lengths = offsets[segments], offsets[segments + 1] - offsets[segments]
-    within = np.arange(int(lengths.sum()), dtype=np.int64) - np.repeat(_offsets(lengths)[:-1], lengths)
-    return np.repeat(starts, lengths) + within
+    return _ranges(offsets[segments], offsets[segments + 1] - offsets[segments])
 
 
 def take_segments(tokens: Tokens, order: np.ndarray) -> Tokens:
