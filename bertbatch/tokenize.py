@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 512  # rows per tokenizer call: enough to amortise the call, small enough to spread over threads
+# nanotoken's per-thread word-piece caches: its default (2**20 entries a level, ~130 MiB a thread when full)
+# costs ~2 GiB on a 16-thread GPU host; 2**16 ran as fast on SMS texts and 2x faster on random words (the
+# cache stays in CPU cache), 157 vs 459 MiB RSS for 2 threads. NANOTOKEN_CACHE_ENTRIES, when set, wins.
+NANOTOKEN_CACHE_ENTRIES = 1 << 16
 
 
 @dataclass
@@ -82,6 +87,8 @@ def wordpiece_twin(tokenizer):
         import nanotoken
     except ImportError:
         return None
+    if "NANOTOKEN_CACHE_ENTRIES" not in os.environ:
+        nanotoken.set_cache_entries(NANOTOKEN_CACHE_ENTRIES)
     try:
         twin = nanotoken.Tokenizer.from_json(tokenizer.to_str())
     except ValueError:  # UnsupportedTokenizerError: a normalizer, model or template it does not implement
