@@ -62,7 +62,7 @@ class ExportConfig:
     # can change with its batch-mates. Kept for comparison only; `score` never picks it unless asked (--graph).
     int8_dynamic: bool = False
     calibration_rows: int = 300  # validation texts that set the static int8 activation ranges
-    # 7-bit weights: exact integer sums on x86 without VNNI too (see export._quantize_static)
+    # 7-bit weights: exact integer sums on x86 without VNNI too (see quantize.quantize_static)
     reduce_range: bool = True
     min_ood_agreement: float = 0.95  # int8 top-1 agreement with PyTorch on out-of-domain text
     quantize_preset: str = "auto"  # auto | avx512_vnni | avx2 | arm64 (dynamic int8 only)

@@ -30,6 +30,7 @@ from .errors import InputError, ModelError, ValidationFailed, require
 from .manifest import replace_dir, sha256_file, update_manifest, versions
 from .metrics import metrics_from_logits
 from .modeldir import GRAPH_FILES, ModelDir
+from .quantize import quantize_static
 from .train import TEST_SPLIT_FILE
 
 log = logging.getLogger(__name__)
@@ -171,8 +172,9 @@ def _build_graphs(model_dir: Path, build: Path, config: ExportConfig, calibratio
 
     graphs = {"fp32": level(fp32_level)}
     if config.quantize == "int8":
-        graphs["int8"] = _quantize_static(graphs["fp32"], build / "int8", _calibration_feeds(model_dir, calibration),
-                                          config.reduce_range)
+        # from the fused graph: its QAttention and integer MatMuls are dynamic int8's kernels (see quantize.py)
+        graphs["int8"] = quantize_static(level(dynamic_level), build / "int8",
+                                         _calibration_feeds(model_dir, calibration), config.reduce_range)
     if config.int8_dynamic:
         graphs["int8-dynamic"] = _quantize_dynamic(level(dynamic_level), build / "int8-dynamic", _preset(config))
     if config.fp16:
@@ -191,68 +193,6 @@ def _optimize(raw: Path, out: Path, level: str) -> Path:
     preset = getattr(AutoOptimizationConfig, level)(disable_skip_layer_norm_fusion=True)
     ORTOptimizer.from_pretrained(raw).optimize(preset, save_dir=out)
     return out / "model_optimized.onnx"
-
-
-def _quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: bool, weights_only: bool = True,
-                     float_out: bool = True) -> Path:
-    """Static int8 (QDQ): per-channel int8 weights, uint8 activations with scales calibrated once (MinMax)
-    on validation texts, so a row's arithmetic never depends on its batch-mates. Only MatMuls with a weight
-    operand are quantized, and their outputs stay float: ORT fuses each into MatMulIntegerToFloat (exact int32
-    sums, then one scale). The attention products (QK^T, AV), LayerNorm, Softmax, Gelu and the pooler/classifier
-    Gemms stay fp32. Measured on MiniLM SMS, 9 alternating rounds (benchmarks/README.md): 0.97x dynamic int8's
-    speed; quantizing the outputs too (float_out=False: QLinearMatMul) 0.90x; the attention products too
-    (weights_only=False) 0.82x.
-
-    reduce_range (7-bit weights): on x86 without VNNI, ORT's u8s8 kernel (vpmaddubsw) adds two u8 x s8 products
-    into a saturating int16; 255 x 127 x 2 overflows it, 255 x 63 x 2 does not. 7-bit weights keep the sums
-    exact on every x86 CPU, so AVX2 and VNNI machines compute the same integers (unverified on an AVX2-only CPU).
-    """
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    model = onnx.load(str(graph), load_external_data=False)
-    names = {i.name for i in model.graph.input}
-    weights = {i.name for i in model.graph.initializer}
-    # QDQ ignores extra_options MatMulConstBOnly (only the QOperator path reads it): name the nodes instead.
-    matmuls = [n.name for n in model.graph.node if n.op_type == "MatMul" and (not weights_only or n.input[1] in weights)]
-
-    class Feeds(CalibrationDataReader):
-        def __init__(self):
-            self.rows = ({k: v for k, v in feed.items() if k in names} for feed in feeds)
-
-        def get_next(self):
-            return next(self.rows, None)
-
-    out.mkdir(parents=True)
-    target = out / "model_int8.onnx"
-    hint = _DropMessage("pre-process")  # ORT's root-logger advice to run its shape pre-processing: not for users
-    logging.getLogger().addFilter(hint)
-    try:
-        quantize_static(
-            str(graph), str(target), Feeds(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
-            nodes_to_quantize=matmuls, per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            extra_options={"OpTypesToExcludeOutputQuantization": ["MatMul"] if float_out else []},
-        )
-    finally:
-        logging.getLogger().removeFilter(hint)
-    return target
-
-
-class _DropMessage(logging.Filter):
-    """Drops log records whose message contains `text`."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
 
 
 def _calibration_feeds(model_dir: Path, texts: list[str]) -> list[dict]:

@@ -31,8 +31,11 @@ def test_every_graph_written_with_parity_in_manifest(tiny_exported):
     # Dynamic int8 is quantized after O2 fusion (symbolic shape inference). Layer 1 of 2 is fused; the last
     # layer is trimmed to token 0 (queries from one token, keys from all), a shape the Attention fusion does not take.
     assert graphs["int8-dynamic"]["fusions"]["QAttention"] == 1
-    # Static int8 is QDQ on the fp32 (O1) graph: only weight MatMuls quantized, nothing fused at export.
-    assert "QAttention" not in graphs["int8"]["fusions"]
+    # Static int8 runs the same fused kernels with constant activation scales: no op computes a scale at run time.
+    assert graphs["int8"]["fusions"]["QAttention"] == 1
+    static_ops = {n.op_type for n in onnx.load(str(tiny_exported / graphs["int8"]["file"])).graph.node}
+    assert "MatMulIntegerToFloat" in static_ops
+    assert not static_ops & {"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "MatMulInteger"}
     assert manifest["export"]["first_token_last_layer"] is True
     for key in ("fp32", "int8"):  # CPU graphs: ORT's SkipLayerNormalization CPU kernel is the slow path
         assert "SkipLayerNormalization" not in graphs[key]["fusions"]
@@ -135,7 +138,7 @@ def test_an_int8_graph_that_depends_on_its_batch_fails_the_gate_and_is_not_writt
     def dynamic_instead(graph, out, feeds, reduce_range):
         return export_module._quantize_dynamic(graph, out, "avx2")
 
-    monkeypatch.setattr(export_module, "_quantize_static", dynamic_instead)
+    monkeypatch.setattr(export_module, "quantize_static", dynamic_instead)
     model = tmp_path / "m"
     shutil.copytree(tiny_model, model)
     with pytest.raises(ValidationFailed, match="int8: not batch-invariant") as err:
