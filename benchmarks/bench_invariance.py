@@ -7,7 +7,7 @@ On the fine-tuned MiniLM SMS model (`make demo`; re-export it with --int8-dynami
   flips     labels that change between two batchings (1024 tokens/32 rows in order vs 256 tokens/8 rows,
             shuffled) on held-out SMS and on out-of-domain movie-review sentences, and max |Δprob|;
   tune      `score` with no tune record (safe defaults) vs with this machine's record (`bertbatch tune`);
-  variants  (--variants) static int8 choices measured: 7-bit vs 8-bit weights, attention products in fp32 or int8.
+  variants  (--variants) static int8 choices measured: 7-bit vs 8-bit weights, integer MatMul chains fused or not.
 Prints Markdown tables and appends one JSON line to benchmarks/results/invariance.jsonl.
 
     .venv/bin/python benchmarks/bench_invariance.py [--model models/sms-spam] [--rows 4000] [--variants]
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -103,26 +104,43 @@ def rows_per_s(model: str, graph, texts: list[str]) -> float:
     return time_rows_per_s(Path(model), OrtRunner(graph, CPU), texts, BUDGET_A)
 
 
-def variants(model: str, tmp: Path, sms, truth, ood, fp32: dict, speed_texts) -> list[dict]:
-    """Static int8 choices, each built here from the model's fp32 graph and the same calibration texts."""
+def fused_fp32(model: Path, tmp: Path) -> Path:
+    """The fused (O2) fp32 graph that export builds static int8 from, rebuilt here from the checkpoint."""
     from bertbatch.config import ExportConfig
-    from bertbatch.export import (
-        _calibration_feeds,
-        _quantize_static,
-        _validation_set,
-        calibration_texts,
-    )
+    from bertbatch.export import _build_graphs
+
+    build = tmp / "build"
+    build.mkdir()
+    _build_graphs(model, build, ExportConfig(quantize=None, int8_dynamic=True), [])
+    return build / "O2" / "model_optimized.onnx"
+
+
+def static_variants(model: Path, tmp: Path) -> dict[str, Path]:
+    """Static int8 choices, each built here from the fused fp32 graph and export's calibration texts:
+    8-bit instead of 7-bit weights, and the integer MatMul chains left for ORT (unfused)."""
+    import onnx
+
+    from bertbatch import quantize
+    from bertbatch.config import ExportConfig
+    from bertbatch.export import _calibration_feeds, _validation_set, calibration_texts
     from bertbatch.modeldir import ModelDir
 
     texts, _ = _validation_set(ModelDir.open(model), ExportConfig())
-    feeds = _calibration_feeds(Path(model), calibration_texts(texts, ExportConfig()))
+    feeds = _calibration_feeds(model, calibration_texts(texts, ExportConfig()))
+    fused = fused_fp32(model, tmp)
+    unfused = quantize._integer_ops(fused, tmp / "unfused.onnx", True)
+    chain = onnx.load(str(unfused))
+    quantize._fix_scales(chain, quantize._activation_ranges(chain, feeds))
+    onnx.save(chain, str(unfused))
+    return {"static, 8-bit weights": quantize.quantize_static(fused, tmp / "full", feeds, False),
+            "static, integer chains left unfused": unfused}
+
+
+def variants(model: str, tmp: Path, sms, truth, ood, fp32: dict, speed_texts) -> list[dict]:
+    """Static int8 variants (static_variants): speed, agreement with fp32 and flips."""
     rows = []
-    for name, reduce_range, weights_only, float_out in (("weights only, 7-bit (default)", True, True, True),
-                                                        ("weights only, 8-bit", False, True, True),
-                                                        ("weights + attention products, 7-bit", True, False, True),
-                                                        ("weights only, int8 outputs, 7-bit", True, True, False)):
-        graph = _quantize_static(Path(model) / "onnx" / "model.onnx", tmp / name.replace(" ", "_").replace(",", ""),
-                                 feeds, reduce_range, weights_only, float_out)
+    for name, graph in {"7-bit weights (default)": Path(model) / "onnx" / "model_int8.onnx",
+                        **static_variants(Path(model), tmp)}.items():
         q = quality(model, graph, sms, truth, ood, fp32)
         rows.append({"variant": name, "rows_per_s": rows_per_s(model, graph, speed_texts),
                      **{f"{k}_{m}": q[k][m] for k in ("sms", "ood") for m in ("agreement_with_fp32", "flips")},
@@ -153,28 +171,13 @@ def interleaved(model: str, graphs: dict, texts: list[str], rounds: int) -> dict
 
 def interleaved_main(args) -> None:
     """--interleave N: the graphs and static int8 variants timed in alternating rounds; one JSON line."""
-    from bertbatch.config import ExportConfig
-    from bertbatch.export import (
-        _calibration_feeds,
-        _quantize_static,
-        _validation_set,
-        calibration_texts,
-    )
-    from bertbatch.modeldir import ModelDir
     from bertbatch.tune import machine_signature
 
     model = Path(args.model)
-    texts, _ = _validation_set(ModelDir.open(model), ExportConfig())
-    feeds = _calibration_feeds(model, calibration_texts(texts, ExportConfig()))
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         graphs = {"fp32": model / "onnx/model.onnx", "int8 (static, default)": model / "onnx/model_int8.onnx",
-                  "int8-dynamic": model / "onnx/model_int8_dynamic.onnx",
-                  "static, 8-bit weights": _quantize_static(model / "onnx/model.onnx", tmp / "full", feeds, False),
-                  "static, + attention products": _quantize_static(model / "onnx/model.onnx", tmp / "att", feeds,
-                                                                   True, weights_only=False),
-                  "static, int8 outputs (QLinearMatMul)": _quantize_static(model / "onnx/model.onnx", tmp / "qout",
-                                                                           feeds, True, float_out=False)}
+                  "int8-dynamic": model / "onnx/model_int8_dynamic.onnx", **static_variants(model, tmp)}
         data = tmp / "input.parquet"
         make_input(data, args.rows)
         speed_texts = read_texts(data)
@@ -184,9 +187,9 @@ def interleaved_main(args) -> None:
     base = speeds["int8-dynamic"]
     record = {"benchmark": "bench_invariance/interleaved", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "model": str(model), "rows": args.rows, "rounds": args.interleave, **ctx, "isa": signature["isa"],
-              "rows_per_s": speeds, "machine_shared": True}
+              "rows_per_s": speeds, "load_avg": os.getloadavg()}
     path = append_jsonl("invariance", record)
-    print(f"{ctx['cpu']} ({', '.join(signature['isa'])}), {ctx['cpus']} CPUs (shared machine); {args.rows:,} SMS rows, "
+    print(f"{ctx['cpu']} ({', '.join(signature['isa'])}), {ctx['cpus']} CPUs, load average {os.getloadavg()[0]:.1f}; {args.rows:,} SMS rows, "
           f"{args.interleave} alternating rounds, median\n")
     print(markdown_table(["graph", "rows/s", "× dynamic int8", "× fp32"],
                          [[g, f"{v:,}", round(v / base, 2), round(v / speeds["fp32"], 2)] for g, v in speeds.items()]))
@@ -267,7 +270,7 @@ def main() -> None:
               "variants": variant_rows, "machine_shared": True}
     path = append_jsonl("invariance", result)
 
-    print(f"{ctx['cpu']} ({', '.join(signature['isa'])}), {ctx['cpus']} CPUs (shared machine); "
+    print(f"{ctx['cpu']} ({', '.join(signature['isa'])}), {ctx['cpus']} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"{args.rows:,} SMS rows timed; accuracy on {sms_note}; out-of-domain: {ood_note}\n")
     print(markdown_table(
         ["graph", "rows/s", "× pipeline", "accuracy", "top-1 = fp32 (SMS)", "top-1 = fp32 (OOD)",
