@@ -123,6 +123,8 @@ class Scorer:
                 errors[i] = f"text is {type(text).__name__}, not a string"
             elif not text.strip():
                 errors[i] = "empty text"
+            elif not text.isascii() and _has_lone_surrogate(text):
+                errors[i] = "text has a lone surrogate (not valid Unicode); decode it with errors='replace'"
             else:
                 valid.append(i)
         inputs = [texts[i] for i in valid] if pairs is None else [(texts[i], pairs[i] or "") for i in valid]
@@ -281,6 +283,15 @@ OOM_MARKERS = ("out of memory", "failed to allocate", "bad_alloc", "alloc_failed
 
 def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or any(m in str(exc).lower() for m in OOM_MARKERS)
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    """Python strings may hold surrogate code points no UTF-8 (and so no tokenizer) accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def check_consistency(model: ModelDir, tokenizer, runner) -> None:

@@ -92,3 +92,12 @@ def test_the_shortest_segments_are_cut_like_the_tokenizers_library(tiny_model, m
     texts = ["hello world again", "a"]
     _same(tokenize(tokenizer, texts, max_length, False, False, wordpiece=wordpiece_twin(tokenizer)),
           tokenize(tokenizer, texts, max_length, False, False))
+
+
+@pytest.mark.parametrize("backend", ["auto", "tokenizers"])
+def test_a_lone_surrogate_is_that_row_s_error_not_the_batch_s(tiny_exported, backend):
+    scorer = Scorer(tiny_exported, graph="fp32", provider="cpu", tokenizer_backend=backend)
+    result = scorer.logits(["a good day", "bad \ud800 text", "an awful trip"])
+    assert result.errors[0] is None and result.errors[2] is None
+    assert "lone surrogate" in result.errors[1]
+    assert np.isnan(result.logits[1]).all() and not np.isnan(result.logits[[0, 2]]).any()
