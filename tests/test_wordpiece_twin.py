@@ -28,8 +28,23 @@ texts_strategy = st.lists(
 )
 
 
-def _tokenizer(model_dir, max_length: int, stride: int):
-    return ModelDir.open(model_dir).tokenizer(max_length, stride=stride)
+def _tokenizer(model_dir, max_length: int, stride: int, normalizer: dict | None = None):
+    """The model's tokenizer, or the same with another BertNormalizer (cased, accents kept, no CJK spacing)."""
+    tokenizer = ModelDir.open(model_dir).tokenizer(max_length, stride=stride)
+    if normalizer:
+        from tokenizers import normalizers
+
+        tokenizer.normalizer = normalizers.BertNormalizer(**normalizer)
+    return tokenizer
+
+
+NORMALIZERS = [
+    None,
+    {"lowercase": False, "strip_accents": False},
+    {"lowercase": False, "strip_accents": True},
+    {"lowercase": True, "strip_accents": False, "handle_chinese_chars": False},
+    {"clean_text": False, "lowercase": True},
+]
 
 
 def _same(a, b) -> None:
@@ -43,14 +58,17 @@ def test_the_minilm_tokenizer_gets_a_twin(tiny_model):
     assert wordpiece_twin(_tokenizer(tiny_model, 128, 0)) is not None
 
 
-@settings(max_examples=60, deadline=None)
-@given(texts=texts_strategy, max_length=st.integers(3, 40), window=st.booleans(), stride_share=st.floats(0, 0.99))
-def test_twin_truncates_and_windows_like_the_tokenizers_library(tiny_model, texts, max_length, window, stride_share):
+@settings(max_examples=100, deadline=None)
+@given(texts=texts_strategy, max_length=st.integers(3, 40), window=st.booleans(), stride_share=st.floats(0, 0.99),
+       normalizer=st.sampled_from(NORMALIZERS))
+def test_twin_truncates_and_windows_like_the_tokenizers_library(tiny_model, texts, max_length, window, stride_share,
+                                                                normalizer):
     stride = int(stride_share * (max_length - 2)) if window else 0
     if window and stride >= max_length - 2:
         stride = max_length - 3
-    tokenizer = _tokenizer(tiny_model, max_length, stride)
+    tokenizer = _tokenizer(tiny_model, max_length, stride, normalizer)
     twin = wordpiece_twin(tokenizer)
+    assert twin is not None
     fast = tokenize(tokenizer, texts, max_length, window, types=False, wordpiece=twin)
     slow = tokenize(tokenizer, texts, max_length, window, types=False)
     _same(fast, slow)
