@@ -35,8 +35,11 @@ class StandaloneCluster:
     """`with StandaloneCluster(tmp, workers=2) as cluster:` -> cluster.url is spark://127.0.0.1:PORT."""
 
     def __init__(self, root: Path, workers: int = 2, cores: int = 1, memory: str = "1g", timeout: float = 120,
-                 env: dict | None = None):
+                 env: dict | None = None, worker_cpus: set[int] | None = None):
         self.root, self.cores, self.memory, self.timeout = Path(root), cores, memory, timeout
+        # CPU affinity of the worker JVMs, inherited by their executors and Python workers: a node with fewer
+        # CPUs than the driver's, so a different machine signature (tune records are per signature)
+        self.worker_cpus = worker_cpus
         self.extra_env = dict(env or {})  # e.g. PYTHONPATH: executors' Python workers inherit the worker's env
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -70,7 +73,7 @@ class StandaloneCluster:
         worker = self._daemon(f"worker{index}", [
             WORKER_CLASS, self.url, "--host", "127.0.0.1", "--port", "0", "--webui-port", "0",
             "--cores", str(self.cores), "--memory", self.memory, "--work-dir", str(work),
-        ])
+        ], cpus=self.worker_cpus)
         self.workers[index] = worker
         self._wait_for(worker, r"Successfully registered with master")
         return worker
@@ -104,11 +107,13 @@ class StandaloneCluster:
                 "SPARK_CONF_DIR": str(conf), "SPARK_HOME": str(spark_home()), "SPARK_NO_DAEMONIZE": "1",
                 **self.extra_env}
 
-    def _daemon(self, name: str, args: list[str]) -> subprocess.Popen:
+    def _daemon(self, name: str, args: list[str], cpus: set[int] | None = None) -> subprocess.Popen:
         log = self.root / f"{name}.log"
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         with open(log, "ab") as out:
             process = subprocess.Popen([str(spark_home() / "bin" / "spark-class"), *args], stdout=out,
-                                       stderr=subprocess.STDOUT, env=self._env(), start_new_session=True)
+                                       stderr=subprocess.STDOUT, env=self._env(), start_new_session=True,
+                                       preexec_fn=pin)
         self._logs[process.pid] = log
         return process
 

@@ -16,6 +16,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -184,3 +185,35 @@ def test_worker_killed_mid_job_every_row_still_written_once(cluster, tiny_export
     summary = json.loads(output.strip().splitlines()[-1])
     assert summary["rows_in"] == summary["rows_written"] == rows
     _ids_once(out, rows)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs: a worker with fewer than the driver")
+def test_executors_on_another_kind_of_node_run_the_graph_the_driver_chose(tiny_exported, rows_path, tmp_path):
+    """The driver's tune record picks fp32; the only worker is pinned to one CPU, so its machine signature has no
+    record and would fall back to the safe default (int8). Every row must still come from fp32."""
+    from bertbatch.tune import tune
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_exported, model)
+    record = tune(model, provider="cpu", seconds=1, rows=16, graphs=["fp32"])
+    assert record["choice"]["graph"] == "fp32"
+    out = tmp_path / "scored"
+    with StandaloneCluster(tmp_path / "pinned", workers=1, env=_env(), worker_cpus={0}) as pinned:
+        # --no-ship-model: executors read the whole model directory (shared file system), int8 included
+        run = subprocess.run(_cli([model, rows_path, "-o", out, "--engine", "spark", "--master", pinned.url,
+                                   "--probs", "--no-ship-model"]),
+                             capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    probs = {}
+    for graph in ("fp32", "int8"):
+        local = tmp_path / f"{graph}.parquet"
+        score_file(rows_path, local, model, graph=graph, probs=True)
+        probs[graph] = _probs(local)
+    spark_probs = _probs(out)
+    assert np.abs(probs["fp32"] - probs["int8"]).max() > 1e-4  # the two graphs are told apart by their probs
+    assert np.abs(spark_probs - probs["fp32"]).max() <= 1e-6
+
+
+def _probs(path) -> np.ndarray:
+    table = pq.read_table(path).sort_by("id")
+    return np.stack([table[c].to_numpy() for c in table.column_names if c.startswith("prob_")], axis=1)
