@@ -7,7 +7,8 @@ On the fine-tuned MiniLM SMS model (`make demo`; re-export it with --int8-dynami
   flips     labels that change between two batchings (1024 tokens/32 rows in order vs 256 tokens/8 rows,
             shuffled) on held-out SMS and on out-of-domain movie-review sentences, and max |Δprob|;
   tune      `score` with no tune record (safe defaults) vs with this machine's record (`bertbatch tune`);
-  variants  (--variants) static int8 choices measured: 7-bit vs 8-bit weights, integer MatMul chains fused or not.
+  variants  (--variants) static int8 choices measured: 7-bit vs 8-bit weights, attention products
+            in fp32 or int8, integer MatMul chains fused or not.
 Prints Markdown tables and appends one JSON line to benchmarks/results/invariance.jsonl.
 
     .venv/bin/python benchmarks/bench_invariance.py [--model models/sms-spam] [--rows 4000] [--variants]
@@ -117,7 +118,8 @@ def fused_fp32(model: Path, tmp: Path) -> Path:
 
 def static_variants(model: Path, tmp: Path) -> dict[str, Path]:
     """Static int8 choices, each built here from the fused fp32 graph and export's calibration texts:
-    8-bit instead of 7-bit weights, and the integer MatMul chains left for ORT (unfused)."""
+    8-bit instead of 7-bit weights, the trimmed last layer's attention products quantized too, and the integer
+    MatMul chains left for ORT (unfused)."""
     import onnx
 
     from bertbatch import quantize
@@ -133,6 +135,8 @@ def static_variants(model: Path, tmp: Path) -> dict[str, Path]:
     quantize._fix_scales(chain, quantize._activation_ranges(chain, feeds))
     onnx.save(chain, str(unfused))
     return {"static, 8-bit weights": quantize.quantize_static(fused, tmp / "full", feeds, False),
+            "static, attention products int8 too": quantize.quantize_static(fused, tmp / "att", feeds, True,
+                                                                             attention_products=True),
             "static, integer chains left unfused": unfused}
 
 

@@ -19,17 +19,21 @@ from pathlib import Path
 import numpy as np
 
 
-def quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: bool) -> Path:
+def quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: bool,
+                    attention_products: bool = False) -> Path:
     """`graph` (fp32, ideally with fused attention) as static int8 at out/model_int8.onnx.
 
     feeds: one input dict per calibration text, unpadded (ranges come from real tokens only).
     reduce_range: 7-bit weights. On x86 without VNNI, ORT's u8s8 kernel (vpmaddubsw) adds two u8 x s8 products
     into a saturating int16; 255 x 127 x 2 overflows it, 255 x 63 x 2 does not, so 7-bit weights keep the
-    integer sums exact on every x86 CPU (unverified on an AVX2-only CPU)."""
+    integer sums exact on every x86 CPU (unverified on an AVX2-only CPU).
+    attention_products: also quantize MatMuls of two activations (QK^T, AV of a layer whose attention is not
+    fused: the trimmed last one). Off: no consistent gain measured (-0.1% to +2%, benchmarks/README.md),
+    and fp32 keeps that layer's attention as exact as the fp32 graph's."""
     import onnx
 
     out.mkdir(parents=True)
-    dynamic = _integer_ops(graph, out / "dynamic.onnx", reduce_range)
+    dynamic = _integer_ops(graph, out / "dynamic.onnx", reduce_range, attention_products)
     model = onnx.load(str(dynamic))
     ranges = _activation_ranges(model, feeds)
     _fix_scales(model, ranges)
@@ -40,7 +44,7 @@ def quantize_static(graph: Path, out: Path, feeds: list[dict], reduce_range: boo
     return target
 
 
-def _integer_ops(graph: Path, target: Path, reduce_range: bool) -> Path:
+def _integer_ops(graph: Path, target: Path, reduce_range: bool, attention_products: bool = False) -> Path:
     """ORT's dynamic int8 of `graph`. On a fused graph, ORT's MatMul quantizer needs the type of every MatMul
     output, which plain ONNX shape inference cannot see through com.microsoft ops (Attention): "Unable to find
     data type for weight_name ...". Symbolic shape inference fills those types in first."""
@@ -53,10 +57,9 @@ def _integer_ops(graph: Path, target: Path, reduce_range: bool) -> Path:
     hint = _DropMessage("pre-process")  # ORT's root-logger advice to run its shape pre-processing: not for users
     logging.getLogger().addFilter(hint)
     try:
-        # MatMulConstBOnly: the attention products of an unfused layer (the trimmed last one) stay fp32
         quantize_dynamic(str(typed), str(target), op_types_to_quantize=["MatMul", "Attention", "Gather"],
                          per_channel=True, reduce_range=reduce_range, weight_type=QuantType.QInt8,
-                         extra_options={"MatMulConstBOnly": True})
+                         extra_options={"MatMulConstBOnly": not attention_products})
     finally:
         logging.getLogger().removeFilter(hint)
     typed.unlink()
