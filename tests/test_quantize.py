@@ -59,3 +59,14 @@ def test_scales_follow_dynamic_quantize_linear_s_formula():
     constants = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     assert constants["s"] == np.float32(4.0 / 255) and constants["z"] == 64  # rint(1 / (4/255)) = rint(63.75)
     assert [n.op_type for n in model.graph.node] == ["QuantizeLinear"]
+
+
+def test_exported_static_int8_weights_are_7_bit_so_avx2_sums_cannot_saturate(tiny_exported):
+    """x86 without VNNI adds two u8 x s8 products in a saturating int16 (vpmaddubsw): 2 x 255 x 64 = 32,640 fits,
+    2 x 255 x 127 does not. The default export's integer-op weights must stay within [-64, 64]."""
+    model = onnx.load(str(tiny_exported / "onnx" / "model_int8.onnx"))
+    weights = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    integer_weights = [weights[n.input[1]] for n in model.graph.node
+                       if n.op_type in ("MatMulIntegerToFloat", "QAttention") and n.input[1] in weights]
+    assert integer_weights and all(w.dtype == np.int8 for w in integer_weights)
+    assert max(int(np.abs(w.astype(np.int32)).max()) for w in integer_weights) <= 64
