@@ -1,35 +1,32 @@
-"""Shared fixtures: a tiny seeded BERT built locally (real MiniLM tokenizer), small labeled tables."""
+"""Fixtures and hooks only (shared helpers live in tests/helpers.py): a tiny seeded BERT built locally (real
+MiniLM tokenizer), a small labeled table, and the `gpu` marker's skip."""
 
 from __future__ import annotations
 
 import os
-import random
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 
+from helpers import make_texts  # noqa: E402
 from s3server import s3, s3_server  # noqa: E402,F401 - the S3-protocol server fixtures (test_store.py)
 
-POSITIVE = ["great", "excellent", "wonderful", "love", "superb", "happy", "fantastic", "brilliant"]
-NEGATIVE = ["awful", "terrible", "horrible", "hate", "dreadful", "sad", "boring", "broken"]
-FILLER = ["the", "movie", "food", "service", "was", "really", "quite", "and", "a", "day", "it", "our", "trip"]
 
+def pytest_collection_modifyitems(config, items):
+    """Skip `@pytest.mark.gpu` tests unless onnxruntime offers CUDAExecutionProvider on this machine."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    import onnxruntime
 
-def make_texts(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Sentences whose label is carried by sentiment words, with varied lengths (3..60 words)."""
-    rng = random.Random(seed)
-    texts, labels = [], []
-    for i in range(n):
-        label = "pos" if i % 2 == 0 else "neg"
-        words = rng.choices(FILLER, k=rng.choice([2, 4, 8, 20, 50]))
-        for _ in range(rng.randint(1, 3)):
-            words.insert(rng.randrange(len(words) + 1), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
-        texts.append(" ".join(words))
-        labels.append(label)
-    return texts, labels
+    available = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" in available:
+        return
+    skip = pytest.mark.skip(reason=f"needs CUDAExecutionProvider; onnxruntime offers {available}")
+    for item in gpu_tests:
+        item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -76,11 +73,6 @@ def tiny_model(tmp_path_factory, tiny_base, sentiment_csv):
     fine_tune(sentiment_csv, out, base_model=tiny_base, epochs=8, lr=3e-3, batch_size=8, max_length=128,
               early_stopping_patience=8, quiet=True)
     return out
-
-
-def write_parquet(path, **columns):
-    pq.write_table(pa.table(columns), path)
-    return path
 
 
 @pytest.fixture(scope="session")

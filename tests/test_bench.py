@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from bertbatch.bench import benchmark
 from bertbatch.cli import cli
-from conftest import make_texts, write_parquet
+from helpers import make_texts, write_parquet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CONTEXT = ("model", "graph", "graph_file", "provider", "threads", "mode", "runs", "warmup", "cpu_model", "cpu_cores",

@@ -15,7 +15,7 @@ from pyarrow import csv
 from bertbatch import Scorer
 from bertbatch.cli import cli
 from bertbatch.evaluate import evaluate
-from conftest import make_texts, write_parquet
+from helpers import make_texts, write_parquet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BLANK_ROWS = (3, 7)

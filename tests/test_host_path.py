@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import make_texts
+from helpers import make_texts
 from reference_host import ReferenceScorer
 from reference_host import result_columns as reference_columns
 

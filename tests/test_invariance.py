@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import make_texts, write_parquet
+from helpers import make_texts, write_parquet
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

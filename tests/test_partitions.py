@@ -12,7 +12,7 @@ from pyarrow import csv
 from bertbatch import score_file
 from bertbatch.cli import cli
 from bertbatch.errors import InputError
-from conftest import make_texts
+from helpers import make_texts
 
 duckdb = pytest.importorskip("duckdb")
 

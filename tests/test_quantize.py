@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-from conftest import make_texts
+from helpers import make_texts
 
 from bertbatch import quantize
 from bertbatch.export import _calibration_feeds

@@ -19,7 +19,7 @@ pytest.importorskip("pandas")  # pyspark's mapInArrow refuses to run without it
 if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
     pytest.skip("Spark needs a Java runtime (java on PATH or JAVA_HOME)", allow_module_level=True)
 
-from conftest import make_texts
+from helpers import make_texts
 
 from bertbatch import ScoreConfig, score_file
 from bertbatch import spark as bspark

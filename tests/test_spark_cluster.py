@@ -27,7 +27,7 @@ if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
     pytest.skip("Spark needs a Java runtime (java on PATH or JAVA_HOME)", allow_module_level=True)
 
 from cluster import StandaloneCluster
-from conftest import make_texts
+from helpers import make_texts
 
 import bertbatch
 from bertbatch import score_file

@@ -23,7 +23,7 @@ from pyarrow import csv
 from bertbatch import score_file
 from bertbatch.cli import cli
 from bertbatch.errors import InputError, ModelError, OutputError
-from conftest import make_texts
+from helpers import make_texts
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:

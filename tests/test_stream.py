@@ -14,7 +14,7 @@ import pytest
 
 from bertbatch import Scorer, score_batches
 from bertbatch.errors import InputError
-from conftest import make_texts
+from helpers import make_texts
 
 duckdb = pytest.importorskip("duckdb")
 

@@ -13,7 +13,7 @@ from pyarrow import csv
 from bertbatch import fine_tune
 from bertbatch.cli import cli
 from bertbatch.errors import InputError
-from conftest import make_texts, write_parquet
+from helpers import make_texts, write_parquet
 
 
 def test_tiny_fine_tune_beats_chance(tiny_model):

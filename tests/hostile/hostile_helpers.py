@@ -1,5 +1,5 @@
-"""Helpers for the hostile suite (imported by name: a second conftest.py would shadow tests/conftest.py): drive
-the CLI as a user would, and kill it at named points of a job."""
+"""Helpers for the hostile suite (imported by name; its fixtures are in tests/hostile/conftest.py): drive the
+CLI as a user would, and kill it at named points of a job."""
 
 from __future__ import annotations
 

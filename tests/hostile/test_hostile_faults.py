@@ -18,12 +18,6 @@ from hostile_helpers import cli, job_state, parts_table, run_killed, texts_table
 KILLED = -signal.SIGKILL
 
 
-@pytest.fixture
-def model(tiny_exported):
-    """The tiny exported model (tests/conftest.py): a real one, fast enough for every case."""
-    return tiny_exported
-
-
 def _ragged_csv(path, rows=4000, bad=(150, 3500)):
     lines = [f"{i:06d},{texts_table(1)['text'][0].as_py()} {i}" for i in range(rows)]
     for i in bad:

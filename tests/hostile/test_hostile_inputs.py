@@ -9,15 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import csv
 
-import pytest
-
 from hostile_helpers import cli, texts_table
-
-
-@pytest.fixture
-def model(tiny_exported):
-    """The tiny exported model (tests/conftest.py): a real one, fast enough for every case."""
-    return tiny_exported
 
 
 def _dir_with_bad_last_file(tmp_path, bad_name: str, bad_bytes: bytes):
