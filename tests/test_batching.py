@@ -83,9 +83,12 @@ def test_plan_is_the_row_by_row_plan(lengths, max_tokens, max_rows, max_length, 
 
 @given(lengths=st.lists(st.integers(0, 700), max_size=50), max_length=st.sampled_from([12, 300, 512]))
 def test_bucket_lengths_match_one_at_a_time(lengths, max_length):
+    from reference_host import bucket_length as one_at_a_time  # plain Python, written from the docstring
+
     for buckets, multiple in ((None, 1), (None, 8), (GPU_BUCKETS, 1)):
-        vector = bucket_lengths(lengths, max_length, multiple, buckets).tolist()
-        assert vector == [bucket_length(n, max_length, multiple, buckets) for n in lengths]
+        expected = [one_at_a_time(n, max_length, multiple, buckets) for n in lengths]
+        assert bucket_lengths(lengths, max_length, multiple, buckets).tolist() == expected
+        assert [bucket_length(n, max_length, multiple, buckets) for n in lengths] == expected
 
 
 @given(sequences=st.lists(st.lists(st.integers(1, 30000), min_size=1, max_size=20), min_size=1, max_size=30),
