@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from bertbatch import Scorer
+from bertbatch import tune as tune_module
 from bertbatch.cli import cli
 from bertbatch.errors import InputError
 from bertbatch.runtime import CPU, CUDA
@@ -39,18 +42,68 @@ def tuned(model_copy):
     return model_copy, tune(model_copy, provider="cpu", seconds=2, rows=48)
 
 
+def _point(p: dict) -> tuple:
+    return p["graph"], p["max_tokens"], p["max_batch_rows"], p["threads"]
+
+
+def assert_choice_follows_from_the_figures(record: dict) -> None:
+    """The record's choice is what its own measurements decide: the first pass's fastest point when it beat
+    the safe default in both confirming rounds (and passed the gate), else the default."""
+    measured, default = record["measured"], record["default"]
+    first_pass = [p for p in measured if not p.get("confirm")]
+    confirms = [p for p in measured if p.get("confirm")]
+    fastest = max(first_pass, key=lambda p: p["rows_per_s"])
+    assert default in first_pass and _point(default) == ("int8", 1024, 32, record["signature"]["cpus"])
+    if _point(fastest) == _point(default):
+        assert not confirms and record["choice"] == default
+        return
+    assert [_point(p) for p in confirms] == [_point(default), _point(fastest)] * 2  # alternating rounds
+    wins = sum(b["rows_per_s"] > d["rows_per_s"] for d, b in zip(confirms[::2], confirms[1::2]))
+    chosen = fastest if wins == 2 else default
+    assert record["choice"] == (chosen if record["gate"]["passed"] else default)
+    assert record["speedup_vs_default"] == round(chosen["rows_per_s"] / default["rows_per_s"], 3)
+
+
 def test_tune_records_the_fastest_gated_point_under_this_machines_signature(tuned):
     model, record = tuned
     key = signature_key(machine_signature(CPU))
     assert manifest(model)["tune"][key]["choice"] == record["choice"]
-    first_pass = [p for p in record["measured"] if not p.get("confirm")]
-    # the fastest point, unless it failed to beat the safe default in both confirming rounds
-    assert record["choice"] in (max(first_pass, key=lambda p: p["rows_per_s"]), record["default"])
+    assert_choice_follows_from_the_figures(record)
     assert record["choice"]["graph"] in ("fp32", "int8")
     assert record["gate"]["passed"] and record["gate"]["label_flips"] == 0
     assert record["signature"]["provider"] == CPU and "onnxruntime" in record["signature"]
     assert "int8-dynamic" in record["skipped"]  # present on disk, never timed
     assert {p["graph"] for p in record["measured"]} == {"fp32", "int8"}
+
+
+class _Slowed:
+    """A runner that waits before each batch: this machine made slower for the points it is given to."""
+
+    def __init__(self, runner, delay: float):
+        self._runner, self._delay = runner, delay
+
+    def __getattr__(self, name):
+        return getattr(self._runner, name)
+
+    def run(self, *inputs):
+        time.sleep(self._delay)
+        return self._runner.run(*inputs)
+
+
+def test_tune_records_a_point_that_beats_the_default(model_copy, monkeypatch):
+    """A setup where the safe default (int8, 1024 tokens/32 rows) is surely the slowest: each of its batches
+    waits 50 ms. A tune that kept the default whatever it measured fails here."""
+    measure = tune_module.time_rows_per_s
+
+    def default_slowed(model_dir, runner, texts, budget):
+        slow = Path(runner.graph).name == "model_int8.onnx" and tuple(budget) == (1024, 32)
+        return measure(model_dir, _Slowed(runner, 0.05) if slow else runner, texts, budget)
+
+    monkeypatch.setattr(tune_module, "time_rows_per_s", default_slowed)
+    record = tune(model_copy, provider="cpu", seconds=2, rows=48)
+    assert _point(record["choice"]) != _point(record["default"])
+    assert_choice_follows_from_the_figures(record)
+    assert record["speedup_vs_default"] > 1
 
 
 def test_score_uses_the_record_for_this_machine_and_says_so(tuned):
