@@ -132,17 +132,28 @@ def test_resume_refuses_when_anything_that_changes_results_differs(tmp_path, tin
 
 def test_out_of_memory_halves_the_batch_and_never_skips_rows(tiny_model):
     class OomRunner(RowIndexRunner):
+        attempts: list = []  # (rows, ran) for every call, the failed ones included
+
         def run(self, input_ids, attention_mask, token_type_ids=None):
-            if input_ids.shape[0] > 2:
+            fits = input_ids.shape[0] <= 2
+            self.attempts.append((input_ids.shape[0], fits))
+            if not fits:
                 raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer")
             return super().run(input_ids, attention_mask, token_type_ids)
+
+    def halving(rows):  # the attempts a batch of `rows` must make: itself, then each half in turn until it fits
+        return [(rows, True)] if rows <= 2 else [(rows, False), *halving(rows // 2), *halving(rows - rows // 2)]
 
     texts = [row_text(i, i % 7) for i in range(50)]
     runner = OomRunner(str(tiny_model / "tokenizer.json"))
     scorer = Scorer(tiny_model, runner=runner, logits=True)
+    planned = [len(batch.rows) for batch in scorer.encode(texts).plan]
     result = scorer.logits(texts)
     assert result.logits[:, 0].tolist() == list(range(50))
-    assert scorer.oom_splits > 0 and max(shape[0] for shape in runner.calls[-10:]) <= 2
+    assert max(planned) > 2  # the budget's batches do not fit: they must be split
+    assert runner.attempts == [a for rows in planned for a in halving(rows)]
+    assert scorer.oom_splits == sum(not ran for _, ran in runner.attempts)
+    assert sum(rows for rows, ran in runner.attempts if ran) == 50  # every row run once, none skipped
 
 
 def test_other_runtime_errors_are_not_swallowed(tiny_model):

@@ -15,6 +15,7 @@ from pyarrow import csv
 from bertbatch import Scorer, score_file
 from bertbatch.errors import InputError, ModelError
 from fakes import RowIndexRunner, row_text
+from helpers import make_texts
 
 
 @pytest.fixture
@@ -55,13 +56,21 @@ def test_window_mode_aggregates_each_row_over_its_own_windows(tmp_path, tiny_mod
     assert result.truncated[1] and not result.truncated[0]
 
 
-def test_single_equals_batched_equals_bucketed_on_tiny_model(tiny_model):
+def test_single_equals_batched_equals_bucketed_on_tiny_model(tiny_exported):
+    """The exported default graph (what `score` runs on CPU): every row's probabilities within the contract's
+    1e-6 and identical labels, whether batched by budget, all in one batch, or one row per batch."""
+    from bertbatch.export import PROB_TOLERANCE
+
     texts = _rows(60, seed=3) + ["what a wonderful superb day", "an awful terrible boring trip"]
-    batched = Scorer(tiny_model).logits(texts).logits
-    unbucketed = Scorer(tiny_model, max_tokens=10**9, max_batch_rows=10**6, window_rows=10**6).logits(texts).logits
-    single = np.vstack([Scorer(tiny_model, max_batch_rows=1).logits([t]).logits for t in texts[:10]])
-    np.testing.assert_allclose(batched, unbucketed, atol=1e-4)
-    np.testing.assert_allclose(batched[:10], single, atol=1e-4)
+    default = Scorer(tiny_exported, provider="cpu")
+    assert default.graph == str(tiny_exported / "onnx" / "model_int8.onnx")  # the default graph, not PyTorch
+    batched = default.logits(texts).probs
+    unbucketed = Scorer(tiny_exported, provider="cpu", max_tokens=10**9, max_batch_rows=10**6).logits(texts).probs
+    single = Scorer(tiny_exported, provider="cpu", max_batch_rows=1).logits(texts).probs
+    assert batched.shape == (len(texts), 2) and not np.isnan(batched).any()
+    for other in (unbucketed, single):
+        np.testing.assert_array_equal(other.argmax(1), batched.argmax(1))
+        np.testing.assert_allclose(other, batched, rtol=0, atol=PROB_TOLERANCE)
 
 
 def test_ids_and_odd_texts_pass_through_exactly(tmp_path, tiny_model):
@@ -94,7 +103,9 @@ def test_parquet_int64_ids_and_nulls_keep_their_types(tmp_path, tiny_model):
     assert summary["rows_in"] == 3 and summary["rows_with_error"] == 1
 
 
-def test_directory_input_gives_part_files_and_success_last(tmp_path, tiny_model, fake):
+def test_directory_input_gives_part_files_and_success_last(tmp_path, tiny_model, fake, monkeypatch):
+    from bertbatch import sink
+
     src = tmp_path / "in"
     src.mkdir()
     texts = _rows(90)
@@ -102,9 +113,23 @@ def test_directory_input_gives_part_files_and_success_last(tmp_path, tiny_model,
         csv.write_csv(pa.table({"text": texts[k * 30:(k + 1) * 30]}), src / f"part-{k}.csv")
     (src / "_SUCCESS").write_text("")
     out = tmp_path / "out"
+    seen = []  # (event, parts under their final names, _SUCCESS there) in the order they happen
+
+    def look(event):
+        seen.append((event, len(list(out.glob("part-*.parquet"))), (out / "_SUCCESS").exists()))
+
+    run = fake.run
+    monkeypatch.setattr(fake, "run", lambda *a: (look("batch"), run(*a))[1])
+    mark_success = sink.mark_success
+    monkeypatch.setattr(sink, "mark_success", lambda *a: (look("success"), mark_success(*a), look("after"))[1])
     summary = score_file(src, out, tiny_model, runner=fake, logits=True)
     parts = sorted(out.glob("part-*.parquet"))
     assert len(parts) == 3 and (out / "_SUCCESS").exists()
+    # no _SUCCESS while rows are scored, and it comes after all three parts, and last of all
+    assert all(not done for event, _, done in seen if event == "batch")
+    assert [e for e in seen if e[0] != "batch"] == [("success", 3, False), ("after", 3, True)]
+    assert seen[-1][0] == "after"
+    assert max(p.stat().st_mtime_ns for p in [*parts, out / "_manifest.json"]) <= (out / "_SUCCESS").stat().st_mtime_ns
     logits = sum((pq.read_table(p)["logits"].to_pylist() for p in parts), [])
     assert [int(l[0]) for l in logits] == list(range(90))
     assert summary["parts"] == [str(p) for p in parts]
@@ -320,15 +345,14 @@ def test_model_dir_picks_fp16_on_cuda_and_int8_on_cpu(tiny_exported):
 
 @pytest.mark.gpu
 def test_cuda_labels_match_cpu(tiny_exported):
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("CUDAExecutionProvider not available")
-    texts = ["what a wonderful superb day", "an awful terrible boring trip"] * 50
+    texts = make_texts(200, seed=4)[0] + ["what a wonderful superb day", "an awful terrible boring trip"]
     cuda = Scorer(tiny_exported, provider="cuda")
     assert cuda.runner.provider == "CUDAExecutionProvider" and cuda.graph.endswith("model_fp16.onnx")
     cpu = Scorer(tiny_exported, provider="cpu", graph="fp32")
-    np.testing.assert_allclose(cuda.logits(texts).logits, cpu.logits(texts).logits, atol=0.05)
+    on_gpu, on_cpu = cuda.predict(texts), cpu.predict(texts)
+    assert [r["label"] for r in on_gpu] == [r["label"] for r in on_cpu]
+    assert len({r["label"] for r in on_cpu}) == 2  # both labels occur: equal labels are not one constant
+    np.testing.assert_allclose(cuda.logits(texts).logits, cpu.logits(texts).logits, atol=0.05)  # fp16 vs fp32
 
 
 def test_runners_satisfy_the_protocol_and_name_the_file_that_runs(tiny_exported, fake):

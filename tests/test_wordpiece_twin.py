@@ -84,13 +84,31 @@ def test_twin_on_threads_keeps_order_and_ids(tiny_model):
 
 
 def test_a_tokenizer_nanotoken_cannot_run_falls_back_to_the_tokenizers_library(tmp_path, tiny_exported):
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    import shutil
 
-    tokenizer = ModelDir.open(tiny_exported).tokenizer(16)
-    vocab = tokenizer.get_vocab()
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = ModelDir.open(tiny_exported).tokenizer(16).get_vocab()
     bpe = Tokenizer(models.BPE(vocab={k: v for k, v in vocab.items() if "#" not in k}, merges=[], unk_token="[UNK]"))
     bpe.pre_tokenizer = pre_tokenizers.Whitespace()
+    bpe.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     assert wordpiece_twin(bpe) is None
+    model = tmp_path / "bpe-model"  # the exported model with that tokenizer: a Scorer nanotoken cannot serve
+    shutil.copytree(tiny_exported, model)
+    bpe.save(str(model / "tokenizer.json"))
+    scorer = Scorer(model, graph="fp32", provider="cpu", max_length=16)
+    assert scorer.tokenizer_backend == "tokenizers"
+    texts = ["a good day", "the movie was awful and boring", "what a wonderful superb day " * 10]
+    encoded = scorer.encode(texts)
+    bpe.enable_truncation(16)
+    expected = [e.ids for e in bpe.encode_batch(texts)]
+    tokens = encoded.tokens
+    assert [tokens.ids[a:b].tolist() for a, b in zip(tokens.offsets, tokens.offsets[1:])] == expected
+    assert expected[0][0] == vocab["[CLS]"] and len(expected[2]) == 16
+    result = scorer.logits(texts)
+    assert result.errors == [None] * 3 and not np.isnan(result.probs).any()
 
 
 def test_scorer_labels_the_same_with_either_backend(tiny_exported):
