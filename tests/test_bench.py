@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from bertbatch.bench import benchmark
 from bertbatch.cli import cli
+from bertbatch.errors import EXIT_USAGE, InputError, ModelError
 from helpers import make_texts, write_parquet
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -90,11 +91,11 @@ def test_bench_torch_baseline_without_onnx(tiny_model):
 @pytest.mark.parametrize(
     "args, code, message",
     [
-        (["--seq-lengths", "16,1024"], 1, "exceed the model's 512 position embeddings"),
-        (["--batch-sizes", "1,x"], 2, "expected comma-separated integers"),
-        (["--batch-sizes", "0"], 1, "--batch-sizes must be positive integers"),
-        (["--runs", "0"], 1, "--runs must be at least 1"),
-        (["--graph", "int4"], 3, "--graph must be fp32, int8"),  # ModelError: exit 3 (README, "Exit codes")
+        (["--seq-lengths", "16,1024"], InputError.exit_code, "exceed the model's 512 position embeddings"),
+        (["--batch-sizes", "1,x"], EXIT_USAGE, "expected comma-separated integers"),
+        (["--batch-sizes", "0"], InputError.exit_code, "--batch-sizes must be positive integers"),
+        (["--runs", "0"], InputError.exit_code, "--runs must be at least 1"),
+        (["--graph", "int4"], ModelError.exit_code, "--graph must be fp32, int8"),
     ],
 )
 def test_bench_cli_errors(tiny_exported, args, code, message):
@@ -105,6 +106,6 @@ def test_bench_cli_errors(tiny_exported, args, code, message):
 
 def test_bench_without_graphs_says_to_export(tiny_model):
     result = CliRunner().invoke(cli, ["bench", str(tiny_model)])
-    assert result.exit_code == 3  # a model problem (README, "Exit codes")
+    assert result.exit_code == ModelError.exit_code  # a model problem (README, "Exit codes")
     assert "Run `bertbatch export" in result.output
     assert "--graph torch" in result.output

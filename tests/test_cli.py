@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from bertbatch.cli import cli
+from bertbatch.errors import InputError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -45,7 +46,7 @@ def test_cli_errors_are_one_line_messages_with_exit_1(tmp_path, tiny_exported):
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"body": ["x"]}), src)
     result = CliRunner().invoke(cli, ["score", str(tiny_exported), str(src), "-o", str(tmp_path / "o.parquet")])
-    assert result.exit_code == 1
+    assert result.exit_code == InputError.exit_code
     assert "Error: Column 'text' not found" in result.output and "Traceback" not in result.output
 
 

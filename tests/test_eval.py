@@ -14,6 +14,7 @@ from pyarrow import csv
 
 from bertbatch import Scorer
 from bertbatch.cli import cli
+from bertbatch.errors import EXIT_INPUT, EXIT_MODEL
 from bertbatch.evaluate import evaluate
 from helpers import make_texts, write_parquet
 
@@ -104,17 +105,17 @@ def test_cli_prints_summary_and_writes_report(tiny_exported, eval_table, tmp_pat
 @pytest.mark.parametrize(
     "columns, args, message, code",
     [
-        ({"text": ["a", "", "b"], "label": ["neg", "pos", "meh"]}, [], "not in the fixed label set ['neg', 'pos']", 1),
-        ({"text": ["a", "", "b"], "label": ["neg", "pos", "meh"]}, [], "bad.parquet, row 3, column 'label'", 1),
-        ({"body": ["a", "b"], "label": ["neg", "pos"]}, [], "Column 'text' not found", 1),
-        ({"text": ["", " "], "label": ["neg", "pos"]}, [], "nothing to evaluate", 1),
-        ({"text": ["a", "b"], "label": ["neg", "pos"]}, ["--graph", "int4"], "--graph must be fp32, int8", 3),
+        ({"text": ["a", "", "b"], "label": ["neg", "pos", "meh"]}, [], "not in the fixed label set ['neg', 'pos']", EXIT_INPUT),
+        ({"text": ["a", "", "b"], "label": ["neg", "pos", "meh"]}, [], "bad.parquet, row 3, column 'label'", EXIT_INPUT),
+        ({"body": ["a", "b"], "label": ["neg", "pos"]}, [], "Column 'text' not found", EXIT_INPUT),
+        ({"text": ["", " "], "label": ["neg", "pos"]}, [], "nothing to evaluate", EXIT_INPUT),
+        ({"text": ["a", "b"], "label": ["neg", "pos"]}, ["--graph", "int4"], "--graph must be fp32, int8", EXIT_MODEL),
     ],
 )
 def test_cli_errors_say_what_to_do(tiny_exported, tmp_path, columns, args, message, code):
     path = write_parquet(tmp_path / "bad.parquet", **columns)
     result = CliRunner().invoke(cli, ["eval", str(tiny_exported), str(path), *args])
-    assert result.exit_code == code  # README, "Exit codes": 1 input, 3 model
+    assert result.exit_code == code  # README, "Exit codes": the error class's code
     assert result.output.startswith("Error: ") and result.output.count("\n") == 1  # one line, no traceback
     assert message in result.output
 

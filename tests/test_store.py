@@ -184,7 +184,7 @@ def test_uri_with_credentials_is_refused_without_echoing_them(s3, tmp_path, tiny
     secret = "SUPERSECRETVALUE"
     done = CliRunner().invoke(cli, ["score", str(tiny_exported), f"s3://key:{secret}@{s3.name}/in", "-o",
                                     str(tmp_path / "o.parquet")])
-    assert done.exit_code == 1
+    assert done.exit_code == InputError.exit_code
     assert "carries credentials" in done.output and "AWS_ACCESS_KEY_ID" in done.output
     assert secret not in done.output
     with pytest.raises(InputError, match="carries credentials") as caught:

@@ -2,6 +2,8 @@
 
     python killer.py POINT N ARGS...   (POINT: temp-written | published | recorded | before-success)
 
+KILLER_SIGNAL=SIGSTOP in the environment stops the process there instead (the test sends SIGCONT).
+
 The points are the job protocol's own functions (sink.publish, job.Job.record, sink.mark_success),
 wrapped here from outside: the library has no test-only code path.
 """
@@ -16,11 +18,12 @@ def main():
     from bertbatch import job, sink
 
     calls = {"n": 0}
+    signum = signal.Signals[os.environ.get("KILLER_SIGNAL", "SIGKILL")]
 
     def die_on_nth():
         calls["n"] += 1
         if calls["n"] == nth:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signum)
 
     def wrap(owner, name, before):
         original = getattr(owner, name)

@@ -8,6 +8,7 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
+from bertbatch.errors import EXIT_BUG, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_USAGE
 from hostile_helpers import cli, texts_table
 
 
@@ -20,13 +21,13 @@ def src(tmp_path):
 
 def test_usage_error_exits_2(tmp_path, model, src):
     result = cli("score", model, src, "-o", tmp_path / "o.parquet", "--on-bad-rows", "maybe")
-    assert result.code == 2 and "Traceback" not in result.output
+    assert result.code == EXIT_USAGE and "Traceback" not in result.output
 
 
 def test_model_directory_without_config_exits_3(tmp_path, src):
     empty = tmp_path / "model"
     empty.mkdir()
-    cli("score", empty, src, "-o", tmp_path / "o.parquet").assert_error(3, "config.json is missing")
+    cli("score", empty, src, "-o", tmp_path / "o.parquet").assert_error(EXIT_MODEL, "config.json is missing")
 
 
 def test_truncated_onnx_graph_is_a_model_message(tmp_path, model, src):
@@ -35,7 +36,7 @@ def test_truncated_onnx_graph_is_a_model_message(tmp_path, model, src):
     graph = m / "onnx" / "model_int8.onnx"
     graph.write_bytes(graph.read_bytes()[:1000])
     out = tmp_path / "o.parquet"
-    cli("score", m, src, "-o", out, "--graph", "int8").assert_error(3, "model_int8.onnx", "export")
+    cli("score", m, src, "-o", out, "--graph", "int8").assert_error(EXIT_MODEL, "model_int8.onnx", "export")
     assert not out.exists()
 
 
@@ -43,7 +44,7 @@ def test_missing_graph_file_exits_3(tmp_path, model, src):
     m = tmp_path / "m"
     shutil.copytree(model, m)
     (m / "onnx" / "model_fp16.onnx").unlink()
-    cli("score", m, src, "-o", tmp_path / "o.parquet", "--graph", "fp16").assert_error(3, "does not exist")
+    cli("score", m, src, "-o", tmp_path / "o.parquet", "--graph", "fp16").assert_error(EXIT_MODEL, "does not exist")
 
 
 def test_unexpected_exception_is_one_line_with_exit_70(tmp_path, model, src, monkeypatch):
@@ -53,7 +54,7 @@ def test_unexpected_exception_is_one_line_with_exit_70(tmp_path, model, src, mon
         raise ZeroDivisionError("division by zero")
 
     monkeypatch.setattr(pipeline, "score_file", boom)
-    cli("score", model, src, "-o", tmp_path / "o.parquet").assert_error(70, "ZeroDivisionError", "bug", "-v")
+    cli("score", model, src, "-o", tmp_path / "o.parquet").assert_error(EXIT_BUG, "ZeroDivisionError", "bug", "-v")
 
 
 def test_interrupt_exits_130_without_a_traceback(tmp_path, model, src, monkeypatch):
@@ -64,7 +65,7 @@ def test_interrupt_exits_130_without_a_traceback(tmp_path, model, src, monkeypat
 
     monkeypatch.setattr(pipeline, "score_file", interrupted)
     result = cli("score", model, src, "-o", tmp_path / "o.parquet")
-    assert result.code == 130 and "Traceback" not in result.output and "Interrupted" in result.output
+    assert result.code == EXIT_INTERRUPTED and "Traceback" not in result.output and "Interrupted" in result.output
 
 
 def test_exit_codes_are_documented_in_the_readme():

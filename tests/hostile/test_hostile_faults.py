@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pyarrow import csv
 
+from bertbatch.errors import EXIT_INPUT, EXIT_OUTPUT
 from hostile_helpers import cli, job_state, parts_table, run_killed, texts_table
 
 KILLED = -signal.SIGKILL
@@ -86,8 +87,10 @@ def test_ragged_rows_far_apart_survive_a_crash_and_resume(tmp_path, model):
     assert state["rows_rejected"] == 2 and state["rows_written"] == 19_998
 
 
-@pytest.mark.parametrize("change", ["graph", "tokenizer", "config"])
-def test_resume_refuses_a_model_changed_between_crash_and_resume(tmp_path, model, change):
+@pytest.mark.parametrize("change, changed_file", [
+    ("graph", "onnx/model_int8.onnx"), ("tokenizer", "tokenizer.json"), ("config", "config.json"),
+])
+def test_resume_refuses_a_model_changed_between_crash_and_resume(tmp_path, model, change, changed_file):
     """Class 2: the fingerprint is computed from the bytes that run, not read from bertbatch.json."""
     m = tmp_path / "m"
     shutil.copytree(model, m)
@@ -107,7 +110,8 @@ def test_resume_refuses_a_model_changed_between_crash_and_resume(tmp_path, model
         config["id2label"] = {"0": "bad", "1": "good"}
         config["label2id"] = {"bad": 0, "good": 1}
         (m / "config.json").write_text(json.dumps(config))
-    cli(*args, "--resume").assert_error(1, "Cannot resume", "model")
+    # the message names the changed file (a bare "model" would match the tmp path itself)
+    cli(*args, "--resume").assert_error(EXIT_INPUT, "Cannot resume", f"the model files that run ({changed_file})")
     assert not (out / "_SUCCESS").exists()
 
 
@@ -121,7 +125,7 @@ def test_resume_refuses_an_input_rewritten_with_the_same_size_and_mtime(tmp_path
     src.write_text(src.read_text().replace("great", "awful"))
     os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert src.stat().st_size == stat.st_size
-    cli(*args, "--resume").assert_error(1, "Cannot resume", "in.csv")
+    cli(*args, "--resume").assert_error(EXIT_INPUT, "Cannot resume", "in.csv")
 
 
 def test_a_part_deleted_between_crash_and_resume_is_a_message(tmp_path, model):
@@ -131,7 +135,7 @@ def test_a_part_deleted_between_crash_and_resume_is_a_message(tmp_path, model):
     args = ["score", model, src, "-o", out, "--rows-per-part", "1000", "--silent"]
     assert run_killed("recorded", 2, *args).returncode == KILLED
     (out / "part-00000-00000.parquet").unlink()
-    cli(*args, "--resume").assert_error(4, "part-00000-00000.parquet", "missing", "--overwrite")
+    cli(*args, "--resume").assert_error(EXIT_OUTPUT, "part-00000-00000.parquet", "missing", "--overwrite")
 
 
 def test_a_part_truncated_between_crash_and_resume_is_a_message(tmp_path, model):
@@ -142,7 +146,7 @@ def test_a_part_truncated_between_crash_and_resume_is_a_message(tmp_path, model)
     assert run_killed("recorded", 2, *args).returncode == KILLED
     part = out / "part-00000-00000.parquet"
     part.write_bytes(part.read_bytes()[:100])
-    cli(*args, "--resume").assert_error(4, "part-00000-00000.parquet", "--overwrite")
+    cli(*args, "--resume").assert_error(EXIT_OUTPUT, "part-00000-00000.parquet", "--overwrite")
 
 
 def test_a_crashed_job_is_not_mistaken_for_a_finished_one(tmp_path, model):
@@ -152,7 +156,7 @@ def test_a_crashed_job_is_not_mistaken_for_a_finished_one(tmp_path, model):
     args = ["score", model, src, "-o", out, "--rows-per-part", "1000", "--silent"]
     assert run_killed("before-success", 1, *args).returncode == KILLED
     assert not (out / "_SUCCESS").exists()
-    cli(*args).assert_error(1, "--resume")
+    cli(*args).assert_error(EXIT_INPUT, "--resume")
     cli(*args, "--resume").assert_ok()
     assert parts_table(out)["id"].to_pylist() == texts_table(2000)["id"].to_pylist()
 

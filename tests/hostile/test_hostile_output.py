@@ -5,7 +5,6 @@ runs keep every row and tell where rejects went."""
 from __future__ import annotations
 
 import contextlib
-import os
 import resource
 import signal
 import subprocess
@@ -16,7 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from pyarrow import csv
 
-from hostile_helpers import cli, job_state, parts_table, texts_table
+from bertbatch.errors import EXIT_INPUT, EXIT_OUTPUT
+from hostile_helpers import cli, job_state, parts_table, release, start_held, subprocess_env, texts_table
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_overwrite_refuses_a_directory_of_foreign_files_and_leaves_them(tmp_path
     out.mkdir()
     (out / "part-0001.parquet").write_text("another tool's data")
     (out / "notes.txt").write_text("mine")
-    cli("score", model, src, "-o", out, "--overwrite").assert_error(4, "part-0001.parquet", "did not write")
+    cli("score", model, src, "-o", out, "--overwrite").assert_error(EXIT_OUTPUT, "part-0001.parquet", "did not write")
     assert (out / "part-0001.parquet").read_text() == "another tool's data"
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "part-0001.parquet"]
 
@@ -55,7 +55,7 @@ def test_overwrite_of_a_job_leaves_a_foreign_file_planted_in_it(tmp_path, model,
     out = tmp_path / "out"
     cli("score", model, src, "-o", out).assert_ok()
     (out / "part-99999-00000.parquet").write_text("not bertbatch's")
-    cli("score", model, src, "-o", out, "--overwrite").assert_error(4, "part-99999-00000.parquet")
+    cli("score", model, src, "-o", out, "--overwrite").assert_error(EXIT_OUTPUT, "part-99999-00000.parquet")
     assert (out / "part-99999-00000.parquet").read_text() == "not bertbatch's"
 
 
@@ -71,7 +71,7 @@ def test_non_empty_foreign_directory_message_does_not_suggest_overwrite(tmp_path
     out = tmp_path / "out"
     out.mkdir()
     (out / "data.bin").write_text("x")
-    cli("score", model, src, "-o", out).assert_error(4, "did not write", "Choose another -o")
+    cli("score", model, src, "-o", out).assert_error(EXIT_OUTPUT, "did not write", "Choose another -o")
 
 
 @pytest.mark.parametrize("name", ["_SUCCESS", "_manifest.json", "part-00000-00001.parquet", "_rejects.csv",
@@ -86,7 +86,7 @@ def test_a_link_planted_in_the_output_is_never_written_through(tmp_path, model, 
     (out / name).unlink(missing_ok=True)
     (out / name).symlink_to(victim)
     result = cli("score", model, src, "-o", out, "--rows-per-part", "100", "--on-bad-rows", "reject", "--overwrite")
-    result.assert_error(4, name, "link")
+    result.assert_error(EXIT_OUTPUT, name, "link")
     assert victim.read_text() == "precious"
 
 
@@ -96,7 +96,7 @@ def test_resume_through_a_planted_link_to_a_part_is_refused(tmp_path, model, src
     victim = tmp_path / "victim.parquet"
     victim.write_text("precious")
     (out / "part-00000-00000.parquet").symlink_to(victim)
-    cli("score", model, src, "-o", out, "--resume").assert_error(4, "link")
+    cli("score", model, src, "-o", out, "--resume").assert_error(EXIT_OUTPUT, "link")
     assert victim.read_text() == "precious"
 
 
@@ -117,8 +117,8 @@ def test_a_second_job_on_a_locked_directory_is_refused_naming_the_holder(tmp_pat
     cli("score", model, src, "-o", out, "--rows-per-part", "100").assert_ok()
     holder = _hold_lock(out)
     try:
-        cli("score", model, src, "-o", out, "--overwrite").assert_error(4, "in use", f"PID {holder.pid}")
-        cli("score", model, src, "-o", out, "--resume").assert_error(4, "in use")
+        cli("score", model, src, "-o", out, "--overwrite").assert_error(EXIT_OUTPUT, "in use", f"PID {holder.pid}")
+        cli("score", model, src, "-o", out, "--resume").assert_error(EXIT_OUTPUT, "in use")
     finally:
         holder.kill()
         holder.wait()
@@ -136,20 +136,20 @@ def test_a_lock_left_by_a_killed_job_does_not_block_resume(tmp_path, model, src)
 
 def test_two_concurrent_jobs_on_one_directory_never_corrupt_it(tmp_path, model):
     src = tmp_path / "in.parquet"
-    pq.write_table(texts_table(20_000), src)
+    pq.write_table(texts_table(3000), src)
     out = tmp_path / "out"
-    args = ["score", model, src, "-o", out, "--overwrite", "--rows-per-part", "2000", "--silent"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "bertbatch", *map(str, args)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
-    for code, stderr in results:
-        assert "Traceback" not in stderr, stderr
-        assert code == 0 or (code == 4 and "in use by another bertbatch job" in stderr), stderr
-    assert any(code == 0 for code, _ in results)
+    args = ["score", model, src, "-o", out, "--overwrite", "--rows-per-part", "1000", "--silent"]
+    # the first job is held (stopped) after committing its first part, so the two surely overlap
+    first = start_held("recorded", 1, *args, log=tmp_path / "first.err")
+    try:
+        second = cli(*args)
+    finally:
+        first_code = release(first)
+    second.assert_error(EXIT_OUTPUT, "in use by another bertbatch job", f"PID {first.pid}")
+    assert first_code == 0, (tmp_path / "first.err").read_text()
     state = job_state(out)
-    assert state["complete"] and state["rows_written"] == 20_000
-    assert parts_table(out)["id"].to_pylist() == texts_table(20_000)["id"].to_pylist()
+    assert state["complete"] and state["rows_written"] == 3000
+    assert parts_table(out)["id"].to_pylist() == texts_table(3000)["id"].to_pylist()
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
@@ -157,20 +157,20 @@ def test_two_concurrent_jobs_on_one_directory_never_corrupt_it(tmp_path, model):
 def test_output_under_a_file_is_a_message(tmp_path, model, src):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    cli("score", model, src, "-o", blocker / "out.parquet").assert_error(4, f"{blocker} is a file, not a directory")
-    cli("score", model, src, "-o", blocker / "outdir").assert_error(4, f"{blocker} is a file, not a directory")
+    cli("score", model, src, "-o", blocker / "out.parquet").assert_error(EXIT_OUTPUT, f"{blocker} is a file, not a directory")
+    cli("score", model, src, "-o", blocker / "outdir").assert_error(EXIT_OUTPUT, f"{blocker} is a file, not a directory")
 
 
 def test_read_only_filesystem_is_a_message(tmp_path, model, src):
     with small_disk(tmp_path / "ro", options=",ro") as ro:
-        cli("score", model, src, "-o", ro / "out.parquet").assert_error(4, "Read-only file system", "-o")
+        cli("score", model, src, "-o", ro / "out.parquet").assert_error(EXIT_OUTPUT, "Read-only file system", "-o")
 
 
 def test_full_disk_single_file_leaves_nothing_partial(tmp_path, model):
     src = tmp_path / "in.parquet"
     pq.write_table(texts_table(40_000), src)
     with small_disk(tmp_path / "disk", "256k") as disk:
-        cli("score", model, src, "-o", disk / "out.csv").assert_error(4, "No space left on device", "out.csv")
+        cli("score", model, src, "-o", disk / "out.csv").assert_error(EXIT_OUTPUT, "No space left on device", "out.csv")
         assert list(disk.iterdir()) == []
 
 
@@ -180,7 +180,7 @@ def test_full_disk_in_a_job_keeps_committed_parts_and_resume_finishes(tmp_path, 
     with small_disk(tmp_path / "disk", "300k") as disk:
         out = disk / "out"
         args = ["score", model, src, "-o", out, "--rows-per-part", "1000", "--format", "csv"]
-        cli(*args).assert_error(4, "No space left on device")
+        cli(*args).assert_error(EXIT_OUTPUT, "No space left on device")
         state = job_state(out)
         assert not state["complete"] and not (out / "_SUCCESS").exists()
         for part in state["parts"]:
@@ -206,10 +206,9 @@ def test_file_size_limit_is_a_message_without_root(tmp_path, model):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "bertbatch", "score", str(model), str(src), "-o", str(out)],
-                          env=env, capture_output=True, text=True, preexec_fn=limit, timeout=300)
-    assert done.returncode == 4, done.stderr
+                          env=subprocess_env(), capture_output=True, text=True, preexec_fn=limit, timeout=300)
+    assert done.returncode == EXIT_OUTPUT, done.stderr
     assert "Traceback" not in done.stderr and "File too large" in done.stderr
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
 
@@ -225,7 +224,7 @@ def test_stdout_parquet_is_parquet_with_every_row(tmp_path, model, src):
 def test_stdout_with_rejects_needs_a_rejects_file(tmp_path, model):
     src = tmp_path / "in.csv"
     src.write_text("id,text\n1,great\n2,x,y\n")
-    cli("score", model, src, "-o", "-", "--on-bad-rows", "reject").assert_error(1, "--rejects")
+    cli("score", model, src, "-o", "-", "--on-bad-rows", "reject").assert_error(EXIT_INPUT, "--rejects")
 
 
 def test_stdout_rejects_go_to_the_named_file_and_the_user_is_told(tmp_path, model):
