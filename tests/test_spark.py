@@ -24,6 +24,7 @@ from helpers import make_texts
 from bertbatch import ScoreConfig, score_file
 from bertbatch import spark as bspark
 from bertbatch.errors import EXIT_MODEL
+from bertbatch.export import PROB_TOLERANCE
 from bertbatch.cli import cli
 from bertbatch.errors import InputError, MissingDependency, ModelError
 from bertbatch.runtime import CPU, CUDA
@@ -84,7 +85,7 @@ def _assert_same_rows(local: list[dict], spark: list[dict], columns: list[str]) 
         got = spark[key]
         for column in columns:
             if isinstance(want[column], float):
-                assert got[column] == pytest.approx(want[column], abs=1e-5), (key, column)
+                assert got[column] == pytest.approx(want[column], rel=0, abs=PROB_TOLERANCE), (key, column)
             else:
                 assert got[column] == want[column], (key, column)
 
@@ -117,12 +118,19 @@ def test_keep_subset_and_text_col_argument(spark_session, tiny_exported, table_p
     assert len(row["logits"]) == 2
 
 
-def test_shipped_model_gives_the_same_labels(spark_session, tiny_exported, table_path):
+def test_shipped_model_gives_the_same_labels(spark_session, tiny_exported, table_path, tmp_path):
+    model = tmp_path / "model"  # a copy under its own name: the archive this test stages is its own
+    shutil.copytree(tiny_exported, model)
+    manifest = json.loads((model / "bertbatch.json").read_text())
+    (model / "bertbatch.json").write_text(json.dumps({**manifest, "name": "shipped-by-this-test"}))
     df = spark_session.read.parquet(str(table_path)).repartition(3)
     shared = _by_id(r.asDict() for r in bspark.score(df, tiny_exported, graph="fp32").collect())
-    shipped = _by_id(r.asDict() for r in bspark.score(df, tiny_exported, graph="fp32", ship_model=True).collect())
+    before = set(bspark._STAGED)
+    shipped = _by_id(r.asDict() for r in bspark.score(df, model, graph="fp32", ship_model=True).collect())
+    (name,) = set(bspark._STAGED) - before  # one archive: any cluster manager
+    assert "shipped-by-this-test" in name
     assert {k: r["label"] for k, r in shipped.items()} == {k: r["label"] for k, r in shared.items()}
-    staged = zipfile.ZipFile(next(iter(bspark._STAGED.values()))).namelist()  # one archive: any cluster manager
+    staged = zipfile.ZipFile(bspark._STAGED[name]).namelist()
     assert "onnx/model.onnx" in staged and "tokenizer.json" in staged
     assert "model.safetensors" not in staged  # training weights stay behind
     assert "onnx/model_int8.onnx" not in staged  # only the graphs that may run travel

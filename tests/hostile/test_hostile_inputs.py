@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pyarrow import csv
 
+from bertbatch.errors import EXIT_INPUT
 from hostile_helpers import cli, texts_table
 
 
@@ -28,7 +29,7 @@ def _nothing_written(out):
 def test_empty_parquet_file_in_a_directory_fails_before_any_output(tmp_path, model):
     src = _dir_with_bad_last_file(tmp_path, "z.parquet", b"")
     out = tmp_path / "out"
-    cli("score", model, src, "-o", out).assert_error(1, "z.parquet", "not a readable Parquet file")
+    cli("score", model, src, "-o", out).assert_error(EXIT_INPUT, "z.parquet", "not a readable Parquet file")
     assert _nothing_written(out)
 
 
@@ -37,21 +38,21 @@ def test_truncated_parquet_footer_in_a_directory_fails_before_any_output(tmp_pat
     pq.write_table(texts_table(500), good)
     src = _dir_with_bad_last_file(tmp_path, "z.parquet", good.read_bytes()[:-20])
     out = tmp_path / "out"
-    cli("score", model, src, "-o", out).assert_error(1, "z.parquet")
+    cli("score", model, src, "-o", out).assert_error(EXIT_INPUT, "z.parquet")
     assert _nothing_written(out)
 
 
 def test_header_only_csv_in_a_directory_fails_before_any_output(tmp_path, model):
     src = _dir_with_bad_last_file(tmp_path, "z.csv", b"id,text\n")
     out = tmp_path / "out"
-    cli("score", model, src, "-o", out).assert_error(1, "z.csv", "no data rows")
+    cli("score", model, src, "-o", out).assert_error(EXIT_INPUT, "z.csv", "no data rows")
     assert _nothing_written(out)
 
 
 def test_late_bad_file_fix_suggested_by_the_message_then_works(tmp_path, model):
     src = _dir_with_bad_last_file(tmp_path, "z.csv", b"id,text\n")
     out = tmp_path / "out"
-    cli("score", model, src, "-o", out).assert_error(1, "--on-bad-rows reject")
+    cli("score", model, src, "-o", out).assert_error(EXIT_INPUT, "--on-bad-rows reject")
     done = cli("score", model, src, "-o", out, "--on-bad-rows", "reject")
     done.assert_ok()
     assert (out / "_SUCCESS").exists()
@@ -70,14 +71,14 @@ def test_zero_row_parquet_with_a_schema_is_read_as_no_rows_in_reject_mode(tmp_pa
 def test_duplicate_text_column_name_is_a_message(tmp_path, model):
     src = tmp_path / "dup.parquet"
     pq.write_table(pa.table([pa.array(["a"]), pa.array(["b"])], names=["text", "text"]), src)
-    cli("score", model, src, "-o", tmp_path / "o.parquet").assert_error(1, "dup.parquet", "duplicate column", "text")
+    cli("score", model, src, "-o", tmp_path / "o.parquet").assert_error(EXIT_INPUT, "dup.parquet", "duplicate column", "text")
 
 
 def test_duplicate_other_column_name_in_csv_is_a_message(tmp_path, model):
     src = tmp_path / "dup.csv"
     src.write_text("id,id,text\n1,2,great\n")
     out = tmp_path / "o.parquet"
-    cli("score", model, src, "-o", out).assert_error(1, "dup.csv", "duplicate column", "'id'")
+    cli("score", model, src, "-o", out).assert_error(EXIT_INPUT, "dup.csv", "duplicate column", "'id'")
     assert not out.exists()
 
 
@@ -107,7 +108,7 @@ def test_ragged_rows_are_rejected_with_their_real_line_numbers(tmp_path, model):
 def test_ragged_row_error_names_its_line(tmp_path, model):
     src = tmp_path / "ragged.csv"
     src.write_text("id,text\n" + "".join(f"{i},ok\n" for i in range(100)) + "7,too,many\n")
-    cli("score", model, src, "-o", tmp_path / "o.parquet").assert_error(1, "ragged.csv", "record 102",
+    cli("score", model, src, "-o", tmp_path / "o.parquet").assert_error(EXIT_INPUT, "ragged.csv", "record 102",
                                                                           "expected 2 columns, found 3")
 
 
@@ -150,31 +151,49 @@ def test_invalid_utf8_numbers_do_not_slip_across_blocks(tmp_path):
     assert len(ids) == 299_997 and "150000" not in ids
 
 
-def test_cell_larger_than_the_csv_block_is_read(tmp_path, model):
-    big = "word " * (7 << 20 // 5)  # ~7 MB, larger than the default 4 MB block
+def test_cell_larger_than_the_csv_block_is_read(tmp_path, model, monkeypatch):
+    from bertbatch import source
+
+    # ~9 MiB: more than two 4 MiB blocks, so pyarrow cannot carry the cell over from one block into the next
+    # (a 7 MiB cell can be); the read must be retried with a larger block
+    big = "word " * ((9 << 20) // 5)
+    assert len(big) > 2 * source.CSV_BLOCK
     rows = [f"{i},row {i}" for i in range(20_000)]
     rows.insert(10_000, f'big,"{big}"')
     src = tmp_path / "big.csv"
     src.write_text("id,text\n" + "\n".join(rows) + "\n")
+    passes = []  # block size of each read pass, seen from outside the reader
+    read_pass = source._csv_pass
+    monkeypatch.setattr(source, "_csv_pass", lambda *a: (passes.append(a[4]), read_pass(*a))[1])
     out = tmp_path / "o.parquet"
     cli("score", model, src, "-o", out, "--max-length", "16").assert_ok()
-    table = pq.read_table(out, columns=["id", "truncated"])
+    assert passes == [source.CSV_BLOCK, 4 * source.CSV_BLOCK]  # the cell did not fit: one retry, 4x the block
+    table = pq.read_table(out, columns=["id", "text", "truncated"])
     assert table.num_rows == 20_001 and table["id"][10_000].as_py() == "big"
+    assert table["text"][10_000].as_py() == big
+    assert table["id"].to_pylist() == [f"{i}" for i in range(10_000)] + ["big"] + [f"{i}" for i in range(10_000, 20_000)]
     assert table["truncated"][10_000].as_py() is True
 
 
-def test_cell_larger_than_the_block_with_rejects_keeps_every_row(tmp_path, model):
-    big = "x" * (6 << 20)
+def test_cell_larger_than_the_block_with_rejects_keeps_every_row(tmp_path, model, monkeypatch):
+    from bertbatch import source
+
+    big = "x" * (9 << 20)  # more than two blocks: the read is retried (see the test above)
     rows = [f"{i},row {i}" for i in range(5000)]
     rows.insert(3000, f'big,"{big}"')
     rows.insert(100, "a,b,c")
     src = tmp_path / "big.csv"
     src.write_text("id,text\n" + "\n".join(rows) + "\n")
+    passes = []
+    read_pass = source._csv_pass
+    monkeypatch.setattr(source, "_csv_pass", lambda *a: (passes.append(a[4]), read_pass(*a))[1])
     out = tmp_path / "o.parquet"
     cli("score", model, src, "-o", out, "--on-bad-rows", "reject").assert_ok()
+    assert passes == [source.CSV_BLOCK, 4 * source.CSV_BLOCK]
     rejects = csv.read_csv(out.with_name("o.parquet.rejects.csv")).to_pylist()
-    assert [r["where"] for r in rejects] == ["record 102"]
-    assert pq.read_table(out, columns=["id"]).num_rows == 5001
+    assert [r["where"] for r in rejects] == ["record 102"]  # rejected once, though the file was read twice
+    table = pq.read_table(out, columns=["id", "text"])
+    assert table.num_rows == 5001 and table["text"][table["id"].to_pylist().index("big")].as_py() == big
 
 
 def test_truncated_gzip_csv_is_a_message_and_no_output(tmp_path, model):
@@ -182,14 +201,14 @@ def test_truncated_gzip_csv_is_a_message_and_no_output(tmp_path, model):
     src = tmp_path / "t.csv.gz"
     src.write_bytes(gz[: len(gz) // 2])
     out = tmp_path / "o.parquet"
-    cli("score", model, src, "-o", out).assert_error(1, "t.csv.gz")
+    cli("score", model, src, "-o", out).assert_error(EXIT_INPUT, "t.csv.gz")
     assert not out.exists() and not list(tmp_path.glob(".o.parquet*"))
 
 
 def test_text_column_of_integers_is_a_message(tmp_path, model):
     src = tmp_path / "ints.parquet"
     pq.write_table(pa.table({"text": [1, 2]}), src)
-    cli("score", model, src, "-o", tmp_path / "o.parquet").assert_error(1, "ints.parquet", "int64")
+    cli("score", model, src, "-o", tmp_path / "o.parquet").assert_error(EXIT_INPUT, "ints.parquet", "int64")
 
 
 def test_text_column_missing_in_one_file_of_many_fails_before_output(tmp_path, model):
@@ -198,7 +217,7 @@ def test_text_column_missing_in_one_file_of_many_fails_before_output(tmp_path, m
     pq.write_table(texts_table(30), src / "a.parquet")
     pq.write_table(pa.table({"body": ["x"]}), src / "b.parquet")
     out = tmp_path / "out"
-    cli("score", model, src, "-o", out).assert_error(1, "b.parquet", "Column 'text' not found")
+    cli("score", model, src, "-o", out).assert_error(EXIT_INPUT, "b.parquet", "Column 'text' not found")
     assert _nothing_written(out)
 
 
@@ -207,17 +226,17 @@ def test_directory_of_markers_only_is_a_message(tmp_path, model):
     src.mkdir()
     (src / "_SUCCESS").write_text("")
     (src / ".hidden.parquet").write_text("")
-    cli("score", model, src, "-o", tmp_path / "o").assert_error(1, "holds no")
+    cli("score", model, src, "-o", tmp_path / "o").assert_error(EXIT_INPUT, "holds no")
 
 
 def test_missing_input_is_a_message(tmp_path, model):
-    cli("score", model, tmp_path / "nope.csv", "-o", tmp_path / "o.parquet").assert_error(1, "nope.csv", "does not exist")
+    cli("score", model, tmp_path / "nope.csv", "-o", tmp_path / "o.parquet").assert_error(EXIT_INPUT, "nope.csv", "does not exist")
 
 
 def test_output_equal_to_input_is_refused(tmp_path, model):
     src = tmp_path / "in.parquet"
     pq.write_table(texts_table(5), src)
-    cli("score", model, src, "-o", src, "--overwrite").assert_error(1, "would overwrite the input")
+    cli("score", model, src, "-o", src, "--overwrite").assert_error(EXIT_INPUT, "would overwrite the input")
     assert pq.read_table(src).num_rows == 5
 
 
@@ -227,7 +246,7 @@ def test_mixed_schemas_are_refused_before_output(tmp_path, model):
     pq.write_table(pa.table({"id": pa.array([1], pa.int64()), "text": ["a"]}), src / "a.parquet")
     pq.write_table(pa.table({"id": ["x"], "text": ["b"]}), src / "b.parquet")
     out = tmp_path / "out"
-    cli("score", model, src, "-o", out).assert_error(1, "different schemas")
+    cli("score", model, src, "-o", out).assert_error(EXIT_INPUT, "different schemas")
     assert _nothing_written(out)
 
 
@@ -265,5 +284,5 @@ def test_the_same_file_given_twice_is_refused(tmp_path, model):
     src.mkdir()
     pq.write_table(texts_table(5), src / "a.parquet")
     out = tmp_path / "o.parquet"
-    cli("score", model, src, src / "a.parquet", "-o", out).assert_error(1, "a.parquet", "given twice")
+    cli("score", model, src, src / "a.parquet", "-o", out).assert_error(EXIT_INPUT, "a.parquet", "given twice")
     assert not out.exists()
