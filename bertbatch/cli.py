@@ -16,6 +16,8 @@ import sys
 import click
 
 from . import __version__
+from .config import (Aggregate, ClassWeights, Engine, LongText, OnBadRows, Optimize, OutputFormat, Provider,
+                     Quantize, QuantizePreset, TokenizerBackend, choices)
 from .errors import BertbatchError
 
 
@@ -74,6 +76,44 @@ def _csv_list(value):
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else None
 
 
+# ------------------------------------------------------------------------------------ options several commands take
+def _choice(alias) -> click.Choice:
+    """A click.Choice over a config Literal's values: the allowed values are written once, in config.py."""
+    return click.Choice(choices(alias))
+
+
+provider_option = click.option(
+    "--provider", type=_choice(Provider), default="auto", show_default=True,
+    help="auto: CUDA when onnxruntime offers it, else CPU.")
+text_column_option = click.option("--text-column", default="text", show_default=True, help="Column holding the text.")
+label_column_option = click.option("--label-column", default="label", show_default=True, help="Column holding the label(s).")
+max_tokens_option = click.option(
+    "--max-tokens", type=int, help="Padded-token budget of one batch (default: this machine's tune record, else the "
+    "provider's: 1024 on CPU, 32768 on CUDA).")
+max_length_option = click.option("--max-length", type=int, help="Token limit per text (default: the model's).")
+
+
+def threads_option(default_help: str = "CPUs this process may use"):
+    return click.option("--threads", type=int, help=f"Intra-op threads (default: {default_help}).")
+
+
+def graphs_option(help: str, **kwargs):
+    """--graph (also spelled --graphs): comma-separated graph names for commands that take several."""
+    return click.option("--graph", "--graphs", "graphs", help=help, **kwargs)
+
+
+def quiet_option(fn):
+    """-q/--quiet on a command, as `bertbatch -q` before it; `--silent` is the old spelling (score), kept hidden."""
+    fn = click.option("--silent", "silent", is_flag=True, hidden=True, help="Old spelling of --quiet.")(fn)
+    return click.option("-q", "--quiet", is_flag=True, help="Only errors: no progress bars, tables or summaries "
+                        "(as bertbatch -q).")(fn)
+
+
+def _quiet(ctx, quiet: bool, silent: bool = False) -> bool:
+    """This command's -q/--quiet/--silent, or the group's -q."""
+    return quiet or silent or bool((ctx.obj or {}).get("quiet"))
+
+
 @click.group()
 @click.version_option(__version__, prog_name="bertbatch")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
@@ -89,8 +129,8 @@ def cli(ctx, verbose, quiet):
 @cli.command()
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--output", "-o", required=True, type=click.Path(), help="Checkpoint directory to write.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
+@text_column_option
+@label_column_option
 @click.option("--base-model", default="minilm-l6", show_default=True, help="Alias, local path or hub id.")
 @click.option("--multi-label", is_flag=True, help="Labels column holds lists or delimited strings.")
 @click.option("--label-delimiter", default=",", show_default=True, help="Separator of labels in one cell.")
@@ -106,20 +146,20 @@ def cli(ctx, verbose, quiet):
 @click.option("--max-length", default=128, show_default=True)
 @click.option("--warmup-ratio", default=0.1, show_default=True)
 @click.option("--weight-decay", default=0.01, show_default=True)
-@click.option("--class-weights", type=click.Choice(["none", "auto"]), default="none", show_default=True)
+@click.option("--class-weights", type=_choice(ClassWeights), default="none", show_default=True)
 @click.option("--freeze", default="none", show_default=True, help="none | embeddings | layers:N | encoder")
 @click.option("--early-stopping-patience", default=2, show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Allow loading pytorch_model.bin (pickle) base models.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
-@click.option("--quiet", is_flag=True, help="No progress bar and no epoch table (as bertbatch -q).")
+@quiet_option
 @click.pass_context
 @_friendly
-def train(ctx, data, output, labels, **options):
+def train(ctx, data, output, labels, silent, **options):
     """Fine-tune a classifier on a labeled CSV/Parquet table."""
     from .config import TrainConfig
     from .train import fine_tune
 
-    options["quiet"] = quiet = options["quiet"] or (ctx.obj or {}).get("quiet", False)
+    options["quiet"] = quiet = _quiet(ctx, options["quiet"], silent)
     report = None if quiet else _TrainReport()
     try:
         with _quiet_transformers(quiet):
@@ -194,9 +234,9 @@ class _TrainReport:
 
 @cli.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--optimize", type=click.Choice(["auto", "O1", "O2", "O3", "none"]), default="auto", show_default=True,
+@click.option("--optimize", type=_choice(Optimize), default="auto", show_default=True,
               help="auto: fp32 at O1, int8 from O2 (fastest of each on CPU); a level applies to both.")
-@click.option("--quantize", type=click.Choice(["int8", "none"]), default="int8", show_default=True,
+@click.option("--quantize", type=click.Choice(choices(Quantize) + ("none",)), default="int8", show_default=True,
               help="Static int8 graph for CPU: activation scales calibrated on validation texts, so a row's result "
                    "never depends on its batch (batch-invariant, checked by the export gate).")
 @click.option("--int8-dynamic", is_flag=True, help="Also write model_int8_dynamic.onnx (dynamic int8, scales per "
@@ -206,13 +246,13 @@ class _TrainReport:
               help="7-bit int8 weights: exact integer sums on x86 CPUs without VNNI as well.")
 @click.option("--min-ood-agreement", default=0.95, show_default=True,
               help="int8 top-1 agreement with PyTorch needed on out-of-domain text (movie-review sentences).")
-@click.option("--quantize-preset", type=click.Choice(["auto", "avx512_vnni", "avx2", "arm64"]), default="auto",
+@click.option("--quantize-preset", type=_choice(QuantizePreset), default="auto",
               show_default=True, help="Dynamic int8 only: auto reads this CPU's features.")
 @click.option("--fp16", is_flag=True, help="Also write an fp16 graph for GPU.")
 @click.option("--validate", type=click.Path(exists=True), help="Labeled data for the parity gate "
               "(default: the test split recorded by train, else a built-in sample).")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
+@text_column_option
+@label_column_option
 @click.option("--max-fp32-delta", default=1e-4, show_default=True, help="fp32 max |logit - PyTorch|.")
 @click.option("--max-f1-drop", default=0.01, show_default=True, help="int8 macro-F1 loss allowed (0.01 = 1 point).")
 @click.option("--max-fp16-delta", default=0.05, show_default=True)
@@ -248,24 +288,27 @@ def export(model_dir, quantize, run_tune, tune_seconds, **options):
 
 @cli.command("tune")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@provider_option
 @click.option("--seconds", default=60.0, show_default=True, help="Time budget for measuring.")
 @click.option("--rows", default=512, show_default=True, help="Validation texts timed per measurement.")
-@click.option("--graph", "--graphs", "graphs", help="Comma-separated candidates (default: every batch-invariant "
-              "graph for the provider: fp32, int8; bf16 on CPUs with AMX/AVX512-BF16; fp16 on CUDA).")
+@graphs_option("Comma-separated candidates (default: every batch-invariant graph for the provider: fp32, int8; "
+               "bf16 on CPUs with AMX/AVX512-BF16; fp16 on CUDA).")
+@quiet_option
+@click.pass_context
 @_friendly
-def tune_(model_dir, graphs, **options):
+def tune_(ctx, model_dir, graphs, quiet, silent, **options):
     """Time MODEL_DIR's graphs x batch budgets x threads on this machine; record the fastest that passes the
     gates in bertbatch.json under this machine's signature (CPU, ISA flags, CPUs, provider, onnxruntime).
     `score` uses the record on a machine with the same signature, else safe defaults."""
     from .tune import record_line, tune
 
-    record = tune(model_dir, graphs=_csv_list(graphs), progress=lambda line: click.echo(line, err=True), **options)
+    progress = None if _quiet(ctx, quiet, silent) else (lambda line: click.echo(line, err=True))
+    record = tune(model_dir, graphs=_csv_list(graphs), progress=progress, **options)
     click.echo(record_line(record))
 
 
 class _Progress:
-    """rows/s and ETA on a terminal (stderr); silent when not a terminal or with --silent."""
+    """rows/s and ETA on a terminal (stderr); silent when not a terminal or with -q."""
 
     def __init__(self, enabled: bool):
         import time
@@ -313,38 +356,37 @@ def _model_dir_or_uri(ctx, param, value):
 @click.option("--partition-types", help="Types of input partition keys, e.g. dt:date32,year:int32 (default: strings).")
 @click.option("--model-cache", type=click.Path(file_okay=False),
               help="Where a MODEL_DIR given as a store URI is copied once (default: ~/.cache/bertbatch/models).")
-@click.option("--text-column", default="text", show_default=True)
+@text_column_option
 @click.option("--text-pair-column", help="Second text of a sentence pair.")
 @click.option("--keep", help="Comma-separated input columns to pass through (default: all).")
-@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@provider_option
 @click.option("--graph", help="fp32 | int8 | fp16 | int8-dynamic | torch | path to an .onnx file. Default: this "
               "machine's `bertbatch tune` record, else int8 on CPU (static, batch-invariant), fp16 on CUDA. "
               "int8-dynamic is batch-dependent (a row's label can change with its batch-mates): never a default.")
-@click.option("--threads", type=int, help="Intra-op threads (default: tune record, else CPUs this process may use).")
-@click.option("--max-tokens", type=int, help="Padded-token budget of one batch (default: tune record, else 1024 on "
-              "CPU, 32768 on CUDA).")
+@threads_option("this machine's tune record, else the CPUs this process may use")
+@max_tokens_option
 @click.option("--max-batch-rows", type=int, help="Row cap of one batch (default: tune record, else 32 on CPU, 512 on CUDA).")
 @click.option("--window-rows", default=4096, show_default=True, help="Rows sorted by length together.")
-@click.option("--max-length", type=int, help="Token limit per text (default: the model's).")
+@max_length_option
 @click.option("--probs", is_flag=True, help="One prob_<label> column per class.")
 @click.option("--top-k", type=int, help="A top_k column with the K best labels.")
 @click.option("--logits", is_flag=True, help="A logits column.")
 @click.option("--threshold", default=0.5, show_default=True, help="Multi-label decision threshold.")
-@click.option("--long-text", type=click.Choice(["truncate", "window"]), default="truncate", show_default=True)
+@click.option("--long-text", type=_choice(LongText), default="truncate", show_default=True)
 @click.option("--stride", default=64, show_default=True, help="Tokens shared by consecutive windows.")
-@click.option("--aggregate", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
-@click.option("--tokenizer-backend", type=click.Choice(["auto", "tokenizers"]), default="auto", show_default=True,
+@click.option("--aggregate", type=_choice(Aggregate), default="mean", show_default=True)
+@click.option("--tokenizer-backend", type=_choice(TokenizerBackend), default="auto", show_default=True,
               help="auto: nanotoken for single texts where it loads the tokenizer and gives the same ids as the "
                    "tokenizers library on a probe corpus (tens of times faster); tokenizers: always that library.")
-@click.option("--format", "output_format", type=click.Choice(["parquet", "csv", "jsonl"]), help="Default: from the suffix.")
-@click.option("--on-bad-rows", type=click.Choice(["error", "reject"]), default="error", show_default=True)
+@click.option("--format", "output_format", type=_choice(OutputFormat), help="Default: from the suffix.")
+@click.option("--on-bad-rows", type=_choice(OnBadRows), default="error", show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted directory job from its last committed part.")
 @click.option("--allow-pickle", is_flag=True, help="Allow a pytorch_model.bin checkpoint (PyTorch backend).")
 @click.option("--rejects", type=click.Path(dir_okay=False),
               help="With --on-bad-rows reject: the rejected rows' CSV (default OUT.rejects.csv; needed with -o -).")
 @click.option("--rows-per-part", default=1_000_000, show_default=True, help="Directory output: rows per part file.")
-@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
+@click.option("--engine", type=_choice(Engine), default="local", show_default=True,
               help="spark: run the same scorer inside Apache Spark (needs the 'spark' extra).")
 @click.option("--master", default="local[*]", show_default=True, help="Spark master URL (with --engine spark).")
 @click.option("--ship-model/--no-ship-model", default=None,
@@ -356,9 +398,10 @@ def _model_dir_or_uri(ctx, param, value):
 @click.option("--spark-conf", "spark_conf", multiple=True, metavar="KEY=VALUE",
               help="Spark setting for the session bertbatch starts (repeatable), e.g. "
                    "spark.pyspark.python=/opt/venv/bin/python, spark.executor.pyspark.memory=1g.")
-@click.option("--silent", is_flag=True, help="No progress bar and no summary.")
+@quiet_option
+@click.pass_context
 @_friendly
-def score(model_dir, inputs, output, keep, silent, engine, master, ship_model, repartition, partitions, spark_conf,
+def score(ctx, model_dir, inputs, output, keep, quiet, silent, engine, master, ship_model, repartition, partitions, spark_conf,
           partition_by, partition_types, **options):
     """Label CSV/Parquet rows with MODEL_DIR's ONNX graph; one output row per input row, in order.
 
@@ -366,6 +409,7 @@ def score(model_dir, inputs, output, keep, silent, engine, master, ship_model, r
     from .config import ScoreConfig
     from .pipeline import score_file
 
+    silent = _quiet(ctx, quiet, silent)
     options["partition_by"] = _csv_list(partition_by)
     options["partition_types"] = _csv_list(partition_types)
     if engine == "spark":
@@ -413,16 +457,16 @@ def _int_list(ctx, param, value):
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False),
               help="Report directory: metrics.json, confusion_<graph>.csv/.png, summary.md.")
-@click.option("--graph", "--graphs", "graphs", default="default", show_default=True,
-              help="Comma-separated: fp32, int8, fp16, torch, an .onnx path, or default (best for the provider).")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
+@graphs_option("Comma-separated: fp32, int8, fp16, torch, an .onnx path, or default (best for the provider).",
+               default="default", show_default=True)
+@text_column_option
+@label_column_option
 @click.option("--label-delimiter", default=",", show_default=True, help="Separator of labels in one cell (multi-label).")
 @click.option("--threshold", default=0.5, show_default=True, help="Multi-label decision threshold.")
-@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@click.option("--threads", type=int, help="Intra-op threads (default: CPUs this process may use).")
-@click.option("--max-tokens", default=8192, show_default=True, help="Padded-token budget of one batch.")
-@click.option("--max-length", type=int, help="Token limit per text (default: the model's).")
+@provider_option
+@threads_option("this machine's tune record, else the CPUs this process may use")
+@max_tokens_option
+@max_length_option
 @_friendly
 def eval_(model_dir, data, graphs, **options):
     """Metrics of MODEL_DIR's graph(s) on labeled DATA; prints a Markdown summary."""
@@ -436,17 +480,17 @@ def eval_(model_dir, data, graphs, **options):
 
 @cli.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
-@click.option("--graph", "--graphs", "graphs",
-              help="Comma-separated: fp32, int8, fp16, torch, .onnx paths (default: every graph present for the provider).")
-@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@graphs_option("Comma-separated: fp32, int8, fp16, torch, .onnx paths (default: every graph present for the provider).")
+@provider_option
 @click.option("--batch-sizes", default="1,8,32", show_default=True, callback=_int_list)
 @click.option("--seq-lengths", default="16,64,128,256", show_default=True, callback=_int_list,
               help="Synthetic input lengths in tokens (ignored with --data).")
 @click.option("--runs", default=20, show_default=True, help="Timed batches per measurement.")
 @click.option("--warmup", default=3, show_default=True, help="Untimed batches before timing.")
-@click.option("--data", type=click.Path(exists=True), help="Time real texts (their length mix) instead of synthetic ones.")
-@click.option("--text-column", default="text", show_default=True, help="Text column of --data.")
-@click.option("--threads", type=int, help="Intra-op threads (default: CPUs this process may use).")
+@click.option("--data", type=click.Path(exists=True), help="Time real texts (their length mix, in --text-column) "
+              "instead of synthetic ones.")
+@text_column_option
+@threads_option()
 @click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False),
               help="Directory for results.jsonl, summary.md and latency.png.")
 @_friendly

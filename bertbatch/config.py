@@ -4,10 +4,41 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from .errors import InputError
 
 FREEZE_PATTERN = re.compile(r"^(none|embeddings|encoder|layers:\d+)$")
+
+# The allowed values of each choice, written once: the dataclasses below validate against them and the CLI's
+# click.Choice lists them (get_args).
+Provider = Literal["auto", "cuda", "cpu"]
+LongText = Literal["truncate", "window"]
+Aggregate = Literal["mean", "max"]
+OnBadRows = Literal["error", "reject"]
+OutputFormat = Literal["parquet", "csv", "jsonl"]
+# auto: nanotoken where it agrees with the tokenizers library on a probe corpus; tokenizers: always that library
+TokenizerBackend = Literal["auto", "tokenizers"]
+Optimize = Literal["auto", "O1", "O2", "O3", "none"]
+Quantize = Literal["int8"]  # or None: no int8 graph (the CLI's "none")
+QuantizePreset = Literal["auto", "avx512_vnni", "avx2", "arm64"]
+ClassWeights = Literal["none", "auto"]
+Engine = Literal["local", "spark"]
+
+
+def choices(alias) -> tuple[str, ...]:
+    """The values a Literal alias allows, in order."""
+    return get_args(alias)
+
+
+def check_choice(flag: str, value, alias, optional: bool = False) -> None:
+    """InputError unless `value` is one of the alias's values (or None when `optional`)."""
+    allowed = choices(alias)
+    if value in allowed or (optional and value is None):
+        return
+    names = list(allowed) + (["none"] if optional else [])
+    listed = ", ".join(names[:-1]) + f" or {names[-1]}"
+    raise InputError(f"{flag} must be {listed}; got '{value}'.")
 
 
 @dataclass(frozen=True)
@@ -29,7 +60,7 @@ class TrainConfig:
     max_length: int = 128
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
-    class_weights: str = "none"  # none | auto
+    class_weights: ClassWeights = "none"
     freeze: str = "none"  # none | embeddings | layers:N | encoder
     early_stopping_patience: int = 2
     allow_pickle: bool = False
@@ -39,8 +70,7 @@ class TrainConfig:
     def __post_init__(self):
         if not FREEZE_PATTERN.match(self.freeze):
             raise InputError(f"--freeze must be none, embeddings, layers:N or encoder; got '{self.freeze}'.")
-        if self.class_weights not in ("none", "auto"):
-            raise InputError(f"--class-weights must be none or auto; got '{self.class_weights}'.")
+        check_choice("--class-weights", self.class_weights, ClassWeights)
         for name in ("validation_fraction", "test_fraction"):
             if not 0 < getattr(self, name) < 0.5:
                 raise InputError(f"{name} must be between 0 and 0.5; got {getattr(self, name)}.")
@@ -55,9 +85,9 @@ class TrainConfig:
 class ExportConfig:
     # auto: fp32 at O1 and int8 quantized from O2, the fastest of each measured on CPU (O2's fused Attention is
     # ~8% slower in fp32 but its QAttention is the fastest int8); O1 | O2 | O3 | none apply to both.
-    optimize: str = "auto"
+    optimize: Optimize = "auto"
     # int8: static (calibrated) int8, batch-invariant; None: no int8 graph.
-    quantize: str | None = "int8"  # int8 | None
+    quantize: Quantize | None = "int8"
     # Also write today's dynamic int8 (model_int8_dynamic.onnx): its scales depend on the batch, so a row's label
     # can change with its batch-mates. Kept for comparison only; `score` never picks it unless asked (--graph).
     int8_dynamic: bool = False
@@ -65,7 +95,7 @@ class ExportConfig:
     # 7-bit weights: exact integer sums on x86 without VNNI too (see quantize.quantize_static)
     reduce_range: bool = True
     min_ood_agreement: float = 0.95  # int8 top-1 agreement with PyTorch on out-of-domain text
-    quantize_preset: str = "auto"  # auto | avx512_vnni | avx2 | arm64 (dynamic int8 only)
+    quantize_preset: QuantizePreset = "auto"  # dynamic int8 only
     fp16: bool = False
     validate: str | None = None  # labeled data for the parity gate; default: the test split recorded by train
     text_column: str = "text"
@@ -80,12 +110,9 @@ class ExportConfig:
     trim_last_layer: bool = True
 
     def __post_init__(self):
-        if self.optimize not in ("auto", "O1", "O2", "O3", "none"):
-            raise InputError(f"--optimize must be auto, O1, O2, O3 or none; got '{self.optimize}'.")
-        if self.quantize not in (None, "int8"):
-            raise InputError(f"--quantize must be int8 or none; got '{self.quantize}'.")
-        if self.quantize_preset not in ("auto", "avx512_vnni", "avx2", "arm64"):
-            raise InputError(f"--quantize-preset must be auto, avx512_vnni, avx2 or arm64; got '{self.quantize_preset}'.")
+        check_choice("--optimize", self.optimize, Optimize)
+        check_choice("--quantize", self.quantize, Quantize, optional=True)
+        check_choice("--quantize-preset", self.quantize_preset, QuantizePreset)
         if self.calibration_rows < 1:
             raise InputError(f"--calibration-rows must be at least 1; got {self.calibration_rows}.")
 
@@ -95,7 +122,7 @@ class ScoreConfig:
     text_column: str = "text"
     text_pair_column: str | None = None
     keep: tuple[str, ...] | None = None  # None = every input column
-    provider: str = "auto"  # auto | cuda | cpu
+    provider: Provider = "auto"
     graph: str | None = None  # fp32 | int8 | fp16 | path to .onnx; None = best for the provider
     threads: int | None = None  # None = the CPUs this process may use
     # Padded-token budget and row cap of one batch; None = per provider (see batching.DEFAULT_BUDGET): small
@@ -108,11 +135,11 @@ class ScoreConfig:
     top_k: int | None = None
     logits: bool = False
     threshold: float = 0.5  # multi-label
-    long_text: str = "truncate"  # truncate | window
+    long_text: LongText = "truncate"
     stride: int = 64
-    aggregate: str = "mean"  # mean | max (window mode)
-    output_format: str | None = None  # parquet | csv | jsonl; None = from the output suffix
-    on_bad_rows: str = "error"  # error | reject
+    aggregate: Aggregate = "mean"  # window mode
+    output_format: OutputFormat | None = None  # None = from the output suffix
+    on_bad_rows: OnBadRows = "error"
     overwrite: bool = False
     resume: bool = False  # continue an interrupted directory job from its last committed part
     rows_per_part: int = 1_000_000
@@ -126,7 +153,7 @@ class ScoreConfig:
     # Who tokenizes single texts: "auto" = nanotoken where it loads the tokenizer and agrees with the
     # tokenizers library on a probe corpus (same ids, tens of times faster), else the tokenizers library;
     # "tokenizers" = always the tokenizers library.
-    tokenizer_backend: str = "auto"
+    tokenizer_backend: TokenizerBackend = "auto"
     rejects: str | None = None  # rejected rows' file for file and stdout outputs (default: OUT.rejects.csv)
 
     @property
@@ -143,16 +170,12 @@ class ScoreConfig:
         return list(dict.fromkeys(list(keep) + self.text_columns))
 
     def __post_init__(self):
-        if self.provider not in ("auto", "cuda", "cpu"):
-            raise InputError(f"--provider must be auto, cuda or cpu; got '{self.provider}'.")
-        if self.long_text not in ("truncate", "window"):
-            raise InputError(f"--long-text must be truncate or window; got '{self.long_text}'.")
-        if self.aggregate not in ("mean", "max"):
-            raise InputError(f"--aggregate must be mean or max; got '{self.aggregate}'.")
-        if self.on_bad_rows not in ("error", "reject"):
-            raise InputError(f"--on-bad-rows must be error or reject; got '{self.on_bad_rows}'.")
-        if self.output_format not in (None, "parquet", "csv", "jsonl"):
-            raise InputError(f"--format must be parquet, csv or jsonl; got '{self.output_format}'.")
+        check_choice("--provider", self.provider, Provider)
+        check_choice("--long-text", self.long_text, LongText)
+        check_choice("--aggregate", self.aggregate, Aggregate)
+        check_choice("--on-bad-rows", self.on_bad_rows, OnBadRows)
+        check_choice("--format", self.output_format, OutputFormat, optional=True)
+        check_choice("--tokenizer-backend", self.tokenizer_backend, TokenizerBackend)
         if (self.max_tokens or 1) < 1 or (self.max_batch_rows or 1) < 1 or self.window_rows < 1:
             raise InputError("--max-tokens, --max-batch-rows and --window-rows must be positive.")
         if self.top_k is not None and self.top_k < 1:

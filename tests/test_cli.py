@@ -73,3 +73,44 @@ def test_closed_stdout_ends_quietly_without_aborting_worker_threads(tmp_path, ti
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 141, stderr.decode()
     assert b"terminate called" not in stderr and b"Traceback" not in stderr
+
+
+def _option(command: str, name: str):
+    return next(p for p in cli.commands[command].params if p.name == name)
+
+
+def test_score_and_eval_share_the_max_tokens_default_the_provider_budget(tmp_path):
+    # None: the tune record, else the provider's default budget (1024 tokens on CPU), for both commands
+    (tmp_path / "data.csv").write_text("text,label\nok,pos\n")
+    args = {"score": [str(tmp_path), str(tmp_path / "data.csv"), "-o", str(tmp_path / "o.csv")],
+            "eval": [str(tmp_path), str(tmp_path / "data.csv")]}
+    for command, argv in args.items():
+        ctx = cli.commands[command].make_context(command, argv)
+        assert ctx.params["max_tokens"] is None, (command, ctx.params["max_tokens"])
+
+
+def test_each_shared_option_has_one_help_text_everywhere():
+    for name in ("provider", "text_column", "max_tokens"):
+        helps = {_option(c, name).help for c in cli.commands if any(p.name == name for p in cli.commands[c].params)}
+        assert len(helps) == 1, (name, helps)
+
+
+def test_an_unknown_tokenizer_backend_is_refused_not_silently_the_slow_path():
+    import pytest
+
+    from bertbatch.config import ScoreConfig
+    from bertbatch.errors import InputError
+
+    with pytest.raises(InputError, match="--tokenizer-backend must be auto or tokenizers; got 'nanotokn'"):
+        ScoreConfig(tokenizer_backend="nanotokn")
+
+
+def test_score_quiet_prints_nothing_and_silent_is_its_old_spelling(tmp_path, tiny_exported):
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": ["great love", "awful"]}), src)
+    for i, flag in enumerate(["-q", "--quiet", "--silent"]):
+        out = tmp_path / f"out{i}.parquet"
+        result = CliRunner().invoke(cli, ["score", str(tiny_exported), str(src), "-o", str(out), flag])
+        assert result.exit_code == 0, result.output
+        assert result.output == "" and pq.read_table(out).num_rows == 2
+    assert "--silent" not in CliRunner().invoke(cli, ["score", "--help"]).output
