@@ -344,12 +344,14 @@ def _model_dir_or_uri(ctx, param, value):
 @click.option("--rejects", type=click.Path(dir_okay=False),
               help="With --on-bad-rows reject: the rejected rows' CSV (default OUT.rejects.csv; needed with -o -).")
 @click.option("--rows-per-part", default=1_000_000, show_default=True, help="Directory output: rows per part file.")
-@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
-              help="spark: run the same scorer inside Apache Spark (needs the 'spark' extra).")
+@click.option("--engine", type=click.Choice(["local", "spark", "ray"]), default="local", show_default=True,
+              help="spark: run the same scorer inside Apache Spark (needs the 'spark' extra); ray: on a Ray cluster "
+                   "(needs the 'ray' extra).")
+@click.option("--address", help="Ray cluster HOST:PORT (with --engine ray; default $RAY_ADDRESS, else a local Ray).")
 @click.option("--master", default="local[*]", show_default=True, help="Spark master URL (with --engine spark).")
 @click.option("--ship-model/--no-ship-model", default=None,
-              help="Spark: zip the model and ship it to executors (default: unless the master is local); "
-                   "--no-ship-model: executors read MODEL_DIR at the same path (shared file system).")
+              help="Spark: zip the model and ship it to executors (default: unless the master is local); Ray: "
+                   "through the object store (default); --no-ship-model: workers read MODEL_DIR at the same path.")
 @click.option("--repartition/--no-repartition", default=True, show_default=True,
               help="Spark: spread input with fewer partitions than --partitions over that many.")
 @click.option("--partitions", type=int, help="Spark: partitions to spread input over (default: default parallelism).")
@@ -358,8 +360,8 @@ def _model_dir_or_uri(ctx, param, value):
                    "spark.pyspark.python=/opt/venv/bin/python, spark.executor.pyspark.memory=1g.")
 @click.option("--silent", is_flag=True, help="No progress bar and no summary.")
 @_friendly
-def score(model_dir, inputs, output, keep, silent, engine, master, ship_model, repartition, partitions, spark_conf,
-          partition_by, partition_types, **options):
+def score(model_dir, inputs, output, keep, silent, engine, address, master, ship_model, repartition, partitions,
+          spark_conf, partition_by, partition_types, **options):
     """Label CSV/Parquet rows with MODEL_DIR's ONNX graph; one output row per input row, in order.
 
     MODEL_DIR, INPUTS and -o take local paths or store URIs (s3://, gs://, abfs://, hdfs://, fsspec schemes)."""
@@ -376,6 +378,14 @@ def score(model_dir, inputs, output, keep, silent, engine, master, ship_model, r
         summary = score_files(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options), master=master,
                               ship_model=ship_model, repartition=repartition, partitions=partitions,
                               spark_conf=_key_values(spark_conf))
+        if not silent:
+            click.echo(json.dumps(summary))
+        return
+    if engine == "ray":
+        from .ray import score_files as score_on_ray
+
+        summary = score_on_ray(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options),
+                               address=address, ship_model=ship_model)
         if not silent:
             click.echo(json.dumps(summary))
         return
