@@ -2,8 +2,11 @@
 
 Each node is a `ray start --block` child process (it starts, and on SIGTERM stops, that node's GCS, raylet and
 workers), stopped by its own PID; what a node's processes leave behind is killed by PID too. Every node is
-pinned to loopback: `--node-ip-address=127.0.0.1`, and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, without which Ray
-turns 127.0.0.1 in an address into the machine's interface address and connects there.
+pinned to loopback with `--node-ip-address=127.0.0.1`. Ray turns "127.0.0.1" or "localhost" in an address into
+the machine's interface address (services.resolve_ip_for_localhost) and connects there, unless
+RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which the head and drivers get; `ray start --address` refuses to join a
+cluster with that setting, so worker nodes join through this machine's host name when it resolves to loopback
+(as /etc/hosts makes it on most Linux machines and containers): a name Ray leaves as it is.
 `connections()` lists the remote addresses of every socket the nodes' processes hold. Used by
 tests/test_ray.py and benchmarks/bench_engines.py.
 """
@@ -24,7 +27,8 @@ import psutil
 
 LOOPBACK_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # keep 127.0.0.1 as given (ray_constants.ENABLE_RAY_CLUSTER)
-    "RAY_USAGE_STATS_ENABLED": "0",  # no usage report leaves the machine
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_agent_register_timeout_ms": "120000",  # agents that start slowly on a loaded machine  # no usage report leaves the machine
     # a killed node is declared dead in ~3 s rather than ~30 s
     "RAY_health_check_initial_delay_ms": "1000",
     "RAY_health_check_period_ms": "1000",
@@ -37,6 +41,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def loopback_name() -> str:
+    """This machine's host name when it resolves to a loopback address (else RuntimeError)."""
+    import ipaddress
+
+    name = socket.gethostname()
+    try:
+        address = socket.gethostbyname(name)
+    except OSError as exc:
+        raise RuntimeError(f"the host name {name} does not resolve ({exc})") from None
+    if not ipaddress.ip_address(address).is_loopback:
+        raise RuntimeError(f"the host name {name} resolves to {address}, not to loopback")
+    return name
 
 
 def ray_env(**extra) -> dict:
@@ -83,7 +101,8 @@ class RayCluster:
     def add_worker(self, python: str | None = None, env: dict | None = None) -> int:
         """Start one more node (with `python`'s Ray, and `env` on top of the cluster's); its index."""
         index = len(self.nodes)
-        self.nodes.append(self._start([f"--address={self.address}"], f"worker{index}", python, env))
+        joining = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", **(env or {})}
+        self.nodes.append(self._start([f"--address={loopback_name()}:{self.port}"], f"worker{index}", python, joining))
         return index
 
     def _start(self, args: list[str], name: str, python: str | None = None, env: dict | None = None,
@@ -111,12 +130,15 @@ class RayCluster:
         node = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**self.env, **(env or {})},
                                 start_new_session=True)
         deadline = time.monotonic() + self.timeout
-        while "Ray runtime started" not in (self.root / f"{name}.log").read_text():
-            if node.poll() is not None or time.monotonic() > deadline:
-                self._stop(node)
-                raise RuntimeError(f"Ray {name} did not start:\n{(self.root / f'{name}.log').read_text()[-1500:]}\n"
-                                   f"{self._raylet_log()}")
-            time.sleep(0.2)
+        try:
+            while "Ray runtime started" not in (self.root / f"{name}.log").read_text():
+                if node.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"Ray {name} did not start:\n{(self.root / f'{name}.log').read_text()[-1500:]}\n"
+                                       f"{self._raylet_log()}")
+                time.sleep(0.2)
+        except BaseException:  # not started, or interrupted while starting: stop what it started
+            self._stop(node)
+            raise
         self._remember(node)
         return node
 

@@ -23,7 +23,7 @@ import pytest
 pytest.importorskip("ray")
 
 from conftest import make_texts
-from raycluster import RayCluster, free_port, ray_env
+from raycluster import RayCluster, free_port, loopback_name, ray_env
 
 import bertbatch
 from bertbatch import score_file
@@ -42,6 +42,10 @@ def _env(**extra) -> dict:
 
 @pytest.fixture(scope="module")
 def cluster():
+    try:
+        loopback_name()
+    except RuntimeError as exc:
+        pytest.skip(f"worker nodes could not join on loopback: {exc}")
     with RayCluster(workers=1, env=_env()) as running:
         yield running
 
