@@ -34,6 +34,11 @@ from .modeldir import ModelDir
 from .runtime import CPU, CUDA, available_providers
 from .shipping import GRAPH_HASHED, ModelShipment, by_value, candidate_graphs, executor_graph, hash_files, shipped_files
 
+try:  # read tasks come from a Datasource subclass; without Ray the module still imports (and says which extra)
+    from ray.data import Datasource as _Datasource
+except ImportError:  # pragma: no cover - exercised by the missing-extra test
+    _Datasource = object
+
 log = logging.getLogger(__name__)
 
 # Columns the read tasks add and the driver removes: which part a row belongs to, and the token counts of
@@ -114,6 +119,7 @@ def score_files(inputs, output: str | Path, model_dir: str | Path, config: Score
             "model_shipped": job.model.shipped is not None,
             "nodes_checked": len({f["node"] for f in state["facts"]}),
             "actors": _pool_size(ray, job, actors),
+            "threads": job.threads,  # of each actor (the driver's own Scorer only decided the graph)
         }
     finally:
         if state["created"]:
@@ -156,10 +162,13 @@ def _connect(ray, address: str | None) -> bool:
             ray.init(address=address, **quiet)
         else:
             ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
-    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception when a node does not start
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise InputError(f"Cannot reach a Ray cluster at {address}: {first[:300]} Check --address (or RAY_ADDRESS): "
-                         "HOST:PORT of a head started with `ray start --head`; leave both out for a local Ray.") from None
+        if address:
+            raise InputError(f"Cannot connect to the Ray cluster at {address}: {first[:300]} Check --address (or "
+                             "RAY_ADDRESS): HOST:PORT of a head started with `ray start --head`.") from None
+        raise ModelError(f"Ray could not start on this machine for the job: {first[:300]} Start a cluster "
+                         "(`ray start --head`) and pass --address, or see its logs under /tmp/ray.") from None
     _quiet_data()
     return True
 
@@ -250,11 +259,12 @@ def check_nodes_can_score(ray, job: RayJob) -> list[dict]:
     model on its node, and never raises, so these deterministic failures are not retried task by task."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    probe = ray.remote(by_value(_probe_node)).options(num_cpus=0, max_retries=0)
+    probe = ray.remote(by_value(_probe_node))
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(job.blob, job.model.shipped, job.model.path, [rel for rel, _ in job.model.hashes])
-            for n in nodes]
+    relative = [rel for rel, _ in job.model.hashes]
+    refs = [probe.options(num_cpus=0, max_retries=0,
+                          scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(job.blob, job.model.shipped, job.model.path, relative) for n in nodes]
     try:
         facts = ray.get(refs, timeout=PROBE_SECONDS)
     except ray.exceptions.GetTimeoutError:
@@ -363,7 +373,7 @@ def _move(ray, plan, job: RayJob, resumed, actors: int | None):
     progress = _Progress.of(resumed, len(plan.files))
     source = _InputFiles(plan.files, columns, plan.config, progress)
     dataset = ray.data.read_datasource(source, override_num_blocks=max(1, len(plan.files)),
-                                       ray_remote_args={"num_cpus": 0})  # reading is light; the CPUs go to Scorers
+                                       num_cpus=0)  # reading is light; the CPUs go to the Scorers
     ends = [i for i in range(len(plan.files)) if not progress.file_done(i)]  # files still to close, in order
     try:
         for table in _map(ray, dataset, job, actors).iter_batches(batch_size=None, batch_format="pyarrow",
@@ -443,11 +453,12 @@ class _Progress:
         return self.rows[index]
 
 
-class _InputFiles:
+class _InputFiles(_Datasource):
     """A Ray Datasource over the plan's files: one read task per file, reading with bertbatch's readers and
     windows (plan.file_windows), each window tagged with its file and part."""
 
     def __init__(self, files, columns, config, progress):
+        super().__init__()
         self.files, self.columns, self.config, self.progress = files, columns, config, progress
 
     def get_name(self) -> str:

@@ -79,10 +79,15 @@ def _run(args, cwd, timeout=400, **env):
                           check=False)
 
 
+def _loopback(host: str) -> bool:
+    address = ipaddress.ip_address(host)
+    return (getattr(address, "ipv4_mapped", None) or address).is_loopback  # ::ffff:127.0.0.1 too
+
+
 def _only_loopback(cluster) -> None:
     remote = [(pid, local, peer) for pid, local, peer in cluster.connections() if peer]
     assert remote, "the nodes hold no connections at all: nothing was checked"
-    elsewhere = [c for c in remote if not ipaddress.ip_address(c[2].rsplit(":", 1)[0]).is_loopback]
+    elsewhere = [c for c in remote if not _loopback(c[2].rsplit(":", 1)[0])]
     assert not elsewhere, f"Ray processes connected off loopback: {elsewhere[:5]}"
 
 
