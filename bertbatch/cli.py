@@ -387,11 +387,13 @@ def _model_dir_or_uri(ctx, param, value):
               help="With --on-bad-rows reject: the rejected rows' CSV (default OUT.rejects.csv; needed with -o -).")
 @click.option("--rows-per-part", default=1_000_000, show_default=True, help="Directory output: rows per part file.")
 @click.option("--engine", type=_choice(Engine), default="local", show_default=True,
-              help="spark: run the same scorer inside Apache Spark (needs the 'spark' extra).")
+              help="spark: run the same scorer inside Apache Spark (needs the 'spark' extra); ray: on a Ray cluster "
+                   "(needs the 'ray' extra).")
+@click.option("--address", help="Ray cluster HOST:PORT (with --engine ray; default $RAY_ADDRESS, else a local Ray).")
 @click.option("--master", default="local[*]", show_default=True, help="Spark master URL (with --engine spark).")
 @click.option("--ship-model/--no-ship-model", default=None,
-              help="Spark: zip the model and ship it to executors (default: unless the master is local); "
-                   "--no-ship-model: executors read MODEL_DIR at the same path (shared file system).")
+              help="Spark: zip the model and ship it to executors (default: unless the master is local); Ray: "
+                   "through the object store (default); --no-ship-model: workers read MODEL_DIR at the same path.")
 @click.option("--repartition/--no-repartition", default=True, show_default=True,
               help="Spark: spread input with fewer partitions than --partitions over that many.")
 @click.option("--partitions", type=int, help="Spark: partitions to spread input over (default: default parallelism).")
@@ -401,8 +403,8 @@ def _model_dir_or_uri(ctx, param, value):
 @quiet_option
 @click.pass_context
 @_friendly
-def score(ctx, model_dir, inputs, output, keep, quiet, silent, engine, master, ship_model, repartition, partitions, spark_conf,
-          partition_by, partition_types, **options):
+def score(ctx, model_dir, inputs, output, keep, quiet, silent, engine, address, master, ship_model, repartition,
+          partitions, spark_conf, partition_by, partition_types, **options):
     """Label CSV/Parquet rows with MODEL_DIR's ONNX graph; one output row per input row, in order.
 
     MODEL_DIR, INPUTS and -o take local paths or store URIs (s3://, gs://, abfs://, hdfs://, fsspec schemes)."""
@@ -420,6 +422,14 @@ def score(ctx, model_dir, inputs, output, keep, quiet, silent, engine, master, s
         summary = score_files(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options), master=master,
                               ship_model=ship_model, repartition=repartition, partitions=partitions,
                               spark_conf=_key_values(spark_conf))
+        if not silent:
+            click.echo(json.dumps(summary))
+        return
+    if engine == "ray":
+        from .ray import score_files as score_on_ray
+
+        summary = score_on_ray(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options),
+                               address=address, ship_model=ship_model)
         if not silent:
             click.echo(json.dumps(summary))
         return

@@ -23,7 +23,7 @@ Optimize = Literal["auto", "O1", "O2", "O3", "none"]
 Quantize = Literal["int8"]  # or None: no int8 graph (the CLI's "none")
 QuantizePreset = Literal["auto", "avx512_vnni", "avx2", "arm64"]
 ClassWeights = Literal["none", "auto"]
-Engine = Literal["local", "spark"]
+Engine = Literal["local", "spark", "ray"]
 
 
 def choices(alias) -> tuple[str, ...]:

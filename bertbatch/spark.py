@@ -29,7 +29,6 @@ import socket
 import sys
 import tempfile
 import time
-import types
 import zipfile
 from dataclasses import asdict, dataclass, replace
 from functools import partial, reduce
@@ -39,11 +38,13 @@ import pyarrow as pa
 
 from .config import ScoreConfig
 from .errors import InputError, ModelError, require
-from .manifest import sha256_file
 from .modeldir import ModelDir
 from .runtime import CPU, CUDA, available_providers, resolve_provider
 from .score import Scorer, output_schema
-from .sink import output_format, refuse_existing, refuse_input_overlap
+from .plan import check_directory_output, conserve
+from .shipping import (GRAPH_HASHED, ModelShipment,
+                       by_value as _by_value, candidate_graphs as _candidate_graphs, executor_graph as _executor_graph,
+                       hash_files as _hash_files, shipped_files)
 from .source import check_inputs, csv_delimiter, expand_inputs, file_format
 from .summary import make_summary
 from .tune import choose_settings
@@ -64,9 +65,6 @@ CSV_OPTIONS = {
     "mode": "FAILFAST",
     "encoding": "UTF-8",
 }
-# Files needed to score besides the ONNX graph; weights, checkpoints and data stay behind when shipping.
-SHIPPED_SUFFIXES = (".json", ".txt", ".model")
-GRAPH_HASHED = ("config.json", "tokenizer.json")
 _WORKER_CACHE_SIZE = 2
 
 
@@ -104,10 +102,10 @@ def score_files(inputs, output: str | Path, model_dir: str | Path, config: Score
     """
     _require_spark()
     config = replace(config or ScoreConfig(), **overrides)
-    _check_engine_options(config, output)
+    _check_engine_options(config)
     files = expand_inputs(inputs, config.partition_type_map)
     keep, _ = check_inputs(files, config)
-    _check_output(output, files, config.overwrite)
+    check_directory_output(output, files, config, "Spark")
     config = replace(config, keep=tuple(keep))
     started = time.time()
     spark, created = _session(master, spark_conf)
@@ -170,8 +168,7 @@ def _write_scored(spark, files, output: str, model_dir, config: ScoreConfig, shi
         raise _translate(exc, output) from exc
     written = spark.read.parquet(output)
     rows_written = written.count()
-    if rows_in != rows_written:
-        raise InputError(f"Row conservation failed: {rows_in} rows in, {rows_written} written to {output}.")
+    conserve(rows_in, rows_written, output)
     return {
         "rows_in": rows_in,
         "rows_written": rows_written,
@@ -189,52 +186,6 @@ def _write_scored(spark, files, output: str, model_dir, config: ScoreConfig, shi
 def _require_spark() -> None:
     require("pyspark", "spark")
     require("pandas", "spark")  # mapInArrow passes no data through pandas, but pyspark refuses to run without it
-
-
-@dataclass(frozen=True)
-class ModelShipment:
-    """Where executors find the model directory, and the driver's sha256 of each file they may load."""
-
-    path: str  # the driver's absolute path: read as is on executors unless shipped
-    shipped: str | None  # the SparkFiles name when the directory travels with the job
-    hashes: tuple  # ((path relative to the model directory, sha256), ...)
-
-    def root(self) -> Path:
-        if self.shipped:
-            from pyspark import SparkFiles
-
-            return Path(SparkFiles.get(self.shipped))
-        return Path(self.path)
-
-    def fix(self) -> str:
-        """What to do about a model file that differs between the driver and an executor."""
-        if self.shipped:
-            return ("The executor's unpacked copy differs from the archive the driver shipped: it was changed, or the "
-                    "driver's files changed while the job started. Run the job again (a new application unpacks afresh).")
-        return ("Make the copies identical, or let bertbatch ship the driver's copy (ship_model=True, "
-                "bertbatch score --ship-model).")
-
-    def mismatch(self, rel: str, actual: str | None, root: Path | str, where: str) -> str | None:
-        """The one-line message for file `rel` hashing to `actual` (None: missing) at `root`, or None when equal."""
-        expected = dict(self.hashes)
-        if rel not in expected:
-            return (f"{where} would load {rel}, which the driver did not pick for this job (it hashed "
-                    f"{sorted(expected)}). {self.fix()} Or name the graph (--graph).")
-        if actual is None:
-            return f"{where} has no {Path(root) / rel}. {self.fix()}"
-        if actual != expected[rel]:
-            return (f"Model file {rel} differs between the driver and {where}: sha256 {actual[:12]}... there "
-                    f"({root}), {expected[rel][:12]}... on the driver ({self.path}). {self.fix()}")
-        return None
-
-    def verify(self, root: Path, relative: list[str]) -> None:
-        """Raise ModelError when a file here is missing or differs from the driver's."""
-        where = f"executor {socket.gethostname()}"
-        for rel in relative:
-            file = root / rel
-            problem = self.mismatch(rel, sha256_file(file) if file.exists() else None, root, where)
-            if problem:
-                raise ModelError(problem)
 
 
 @dataclass(frozen=True)
@@ -349,15 +300,6 @@ def _probe_executor(partition, shipped: str | None, path: str, relative: list[st
     yield fact
 
 
-def _by_value(fn):
-    """A copy of `fn` that cloudpickle ships by value (as if defined in __main__), not as `bertbatch.spark.fn`."""
-    import builtins
-
-    clone = types.FunctionType(fn.__code__, {"__builtins__": builtins}, fn.__name__, fn.__defaults__)
-    clone.__module__, clone.__qualname__ = "__main__", fn.__name__
-    return clone
-
-
 def _spark_schema(input_schema, keep: list[str], results: pa.Schema):
     """Kept input fields as Spark has them, then the result fields (output_schema refused name clashes)."""
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -392,48 +334,6 @@ def _column(name: str):
     return F.col("`" + name.replace("`", "``") + "`")
 
 
-def _executor_graph(root: Path, graph: str | None, ship: bool) -> str | None:
-    """An explicit .onnx path as executors must see it: relative to the model directory when inside it."""
-    if not graph or not graph.endswith(".onnx") or not Path(graph).is_absolute():
-        return graph
-    path = Path(graph).resolve()
-    if root in path.parents:
-        return str(path.relative_to(root))
-    if ship:
-        raise ModelError(f"Graph {graph} lies outside the model directory {root}; move it inside to ship it.")
-    return str(path)
-
-
-def _candidate_graphs(model: ModelDir, config: ScoreConfig, cpu_graph: str | None = None) -> list[str]:
-    """The graphs an executor may pick: for `auto`, the CPU choice and the CUDA one (a task may hold a GPU)."""
-    providers = {"cpu": [CPU], "cuda": [CUDA], "auto": [CPU, CUDA]}[config.provider]
-    graphs = {model.graph_path(cpu_graph if p == CPU and cpu_graph else config.graph, p) for p in providers}
-    if None in graphs:
-        raise ModelError(
-            f"Spark scoring runs ONNX graphs and {model.path} has none{' (--graph torch)' if config.graph else ''}. "
-            f"Run `bertbatch export {model.path}` first."
-        )
-    return sorted(str(g.relative_to(model.path)) if model.path in g.parents else str(g) for g in graphs)
-
-
-_DRIVER_HASHES: dict[tuple, str] = {}
-
-
-def _hash_files(root: Path, relative: list[str]) -> tuple:
-    """sha256 of each file (cached on path, size and mtime: a model is hashed once per driver process)."""
-    out = []
-    for rel in dict.fromkeys(relative):
-        file = root / rel
-        if not file.exists():
-            raise ModelError(f"{file} is missing; {root} is not a complete model directory.")
-        stat = file.stat()
-        key = (str(file), stat.st_size, stat.st_mtime_ns)
-        if key not in _DRIVER_HASHES:
-            _DRIVER_HASHES[key] = sha256_file(file)
-        out.append((rel, _DRIVER_HASHES[key]))
-    return tuple(out)
-
-
 _STAGED: dict[str, Path] = {}  # archive name -> staged zip, for this driver process
 _ADDED: set[tuple[str, str]] = set()  # (application id, archive name) already added
 
@@ -456,15 +356,6 @@ def _ship(spark, model: ModelDir, hashes: tuple) -> str:
         _ADDED.add((context.applicationId, name))
         log.info("Shipping %s to executors as %s", model.path, _STAGED[name].name)
     return name
-
-
-def shipped_files(root: Path, hashed: list[str]) -> list[Path]:
-    """The files a shipped copy holds: top-level configs and tokenizer, onnx/ side files, the hashed graphs."""
-    wanted = [p for p in root.iterdir() if p.is_file() and p.name.endswith(SHIPPED_SUFFIXES)]
-    onnx = root / "onnx"
-    if onnx.is_dir():  # configs and external-data files beside the graphs, but only the graphs that may run
-        wanted += [p for p in onnx.iterdir() if p.is_file() and not p.name.endswith(".onnx")]
-    return list(dict.fromkeys(wanted + [root / rel for rel in hashed]))
 
 
 def _stage(root: Path, hashed: list[str], name: str) -> Path:
@@ -539,27 +430,14 @@ def _read(spark, files: list, columns: list[str]):
     return reduce(lambda a, b: a.unionByName(b), frames)
 
 
-def _check_engine_options(config: ScoreConfig, output) -> None:
-    if str(output) == "-":
-        raise InputError("The Spark engine writes a Parquet directory; it cannot stream to stdout. Give -o a path.")
-    fmt = config.output_format or output_format(str(output), None)
-    if fmt != "parquet":
-        raise InputError(f"The Spark engine writes Parquet only; got {fmt}. Use a directory path or --engine local.")
+def _check_engine_options(config: ScoreConfig) -> None:
+    """What Spark's reader and commit protocol cannot do (the output checks are the plan's)."""
     if config.resume:
         raise InputError("--resume is not available with --engine spark: Spark's commit protocol writes the whole "
                          "output or nothing, so re-run the job (with --overwrite).")
     if config.on_bad_rows == "reject":
         raise InputError("--on-bad-rows reject is not available with --engine spark (Spark reads CSV in FAILFAST "
                          "mode). Fix the rows or use --engine local.")
-
-
-def _check_output(output, files: list[Path], overwrite: bool) -> None:
-    text = str(output)
-    if "://" in text and not text.startswith("file:"):
-        return  # a remote file system: Spark's errorifexists mode decides
-    path = Path(text.removeprefix("file://").removeprefix("file:"))
-    refuse_input_overlap(path, files, directory=True)
-    refuse_existing(path, overwrite)
 
 
 def _translate(exc: Exception, output) -> Exception:

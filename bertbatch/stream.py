@@ -23,18 +23,19 @@ def score_batches(source, model_dir: str | Path, config: ScoreConfig | None = No
 
     Batches are read, scored and handed on one window (`window_rows`) at a time, lazily, as the returned
     reader is consumed. `model_dir` may be a store URI (copied once to the local model cache)."""
-    from .score import Scorer, output_schema
+    from .plan import open_scorer, windows
+    from .score import output_schema
     from .source import check_schema
     from .storage import local_model_dir
 
     config = replace(config or ScoreConfig(), **overrides)
     reader = as_reader(source)
     keep, kept = check_schema(reader.schema, config, "the source stream")
-    scorer = Scorer(local_model_dir(model_dir, config.model_cache), config, runner=runner)
+    scorer = open_scorer(local_model_dir(model_dir, config.model_cache), config, runner)
     schema = output_schema(kept, scorer.model.labels, scorer.model.multi_label, config)
 
     def labeled():
-        for window in windows(reader, config.window_rows):
+        for _, window in windows(reader, config.window_rows):
             out = scorer.label_batch(window, keep)
             yield out if out.schema.equals(schema) else out.cast(schema)
 
@@ -62,26 +63,3 @@ def as_reader(source) -> pa.RecordBatchReader:
         f"score_batches reads Arrow streams; got a {type(source).__module__}.{type(source).__name__}. Pass a DuckDB "
         "relation, a Polars DataFrame (LazyFrame: .collect() it), a pyarrow Table, Dataset or RecordBatchReader."
     )
-
-
-def windows(reader, rows: int):
-    """Record batches of exactly `rows` rows (the last may be shorter), whatever sizes the source sends."""
-    pending: list[pa.RecordBatch] = []
-    held = 0
-    for batch in reader:
-        while batch.num_rows:
-            take = min(rows - held, batch.num_rows)
-            pending.append(batch.slice(0, take))
-            batch = batch.slice(take)
-            held += take
-            if held == rows:
-                yield _combine(pending)
-                pending, held = [], 0
-    if held:
-        yield _combine(pending)
-
-
-def _combine(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
-    if len(batches) == 1:
-        return batches[0]
-    return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
