@@ -21,7 +21,7 @@ from .job import Job, fingerprint, model_files_digest
 from .score import Scorer
 from .sink import OutputLayout, Writer, output_format
 from .summary import make_summary
-from .storage import local_model_dir
+from .storage import is_uri, local_file_path, local_model_dir
 from .source import Rejects, check_inputs, expand_inputs, input_is_directory, read_batches, total_rows
 
 log = logging.getLogger(__name__)
@@ -56,9 +56,11 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
         "bertbatch.provider": scorer.runner.provider,
     }
     layout = OutputLayout(str(output), fmt, files, input_is_dir, config.overwrite, config.resume, config.rejects,
-                          config.partition_by)
+                          config.partition_by, explicit_format=config.output_format, input_dirs=_input_dirs(inputs),
+                          reject_mode=config.on_bad_rows == "reject")
     try:
-        return _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files, fmt, progress, started)
+        return _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files, layout.format, progress,
+                    started)
     finally:
         layout.release()
 
@@ -68,7 +70,7 @@ def _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files
     if layout.directory:
         fp = fingerprint(files, model_files, metadata["bertbatch.graph"], metadata["bertbatch.provider"], config,
                          fmt, scorer.max_length)
-        job = Job.start(layout.output, fp, config.resume, layout.run_id)
+        job = Job.start(layout.root, fp, config.resume, layout.run_id, replaces=layout.replaces)
         if config.resume:
             layout.verify_parts(job.state["parts"])  # a part lost or damaged since the crash: say so now
         if job.complete:  # re-running a finished job changes nothing (a kill before `_SUCCESS`: write it)
@@ -93,6 +95,13 @@ def _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files
             layout.remove_outputs()  # bad data fails again on retry: leave nothing under the final name
         raise
     return _summary(totals, scorer, metadata, layout, started, resumed=config.resume, config=config)
+
+
+def _input_dirs(inputs) -> list[Path]:
+    """The local directories among the inputs: nothing bertbatch writes may land inside one."""
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    paths = [Path(local_file_path(i)) for i in items if not is_uri(str(i))]
+    return [p for p in paths if p.is_dir()]
 
 
 def _torch_weights(model_path: Path) -> Path | None:

@@ -1,8 +1,9 @@
 """Run the bertbatch CLI and SIGKILL this process at a named commit point of a directory job.
 
-    python killer.py POINT N ARGS...   (POINT: temp-written | published | recorded | before-success)
+    python killer.py POINT N ARGS...   (POINT: temp-written | published | recorded | before-success | swapped)
 
-The points are the job protocol's own functions (sink.publish, job.Job.record, sink.mark_success),
+The points are the job protocol's own functions (sink.publish, job.Job.record, sink.mark_success, and
+sink._exchange, the swap that puts a staged --overwrite in place),
 wrapped here from outside: the library has no test-only code path.
 """
 
@@ -43,6 +44,8 @@ def main():
         wrap(job.Job, "record", before=False)
     elif point == "before-success":
         wrap(sink, "mark_success", before=True)
+    elif point == "swapped":
+        wrap(sink, "_exchange", before=False)
     else:
         raise SystemExit(f"unknown point {point}")
     from bertbatch.cli import cli
