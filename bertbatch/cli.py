@@ -342,8 +342,14 @@ def _summary_line(s: dict) -> str:
 
 def _model_dir_or_uri(ctx, param, value):
     """click callback: a store URI as given (its cache copy is made by the library), else an existing directory."""
-    if "://" in value and not value.startswith("file://"):
+    from .storage import is_uri, local_file_path
+
+    if is_uri(value):
         return value
+    try:
+        value = local_file_path(value)  # file:///models/x is the directory /models/x
+    except BertbatchError as exc:
+        raise click.BadParameter(str(exc)) from None
     return click.Path(exists=True, file_okay=False).convert(value, param, ctx)
 
 

@@ -72,7 +72,7 @@ def create_temp(final: Path | Location, run_id: str):
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as exc:
-        raise OutputError(describe_os_error(exc, "Cannot create the temp file")) from None
+        raise OutputError(describe_os_error(exc, f"Cannot create the temp file for {final}")) from None
     return tmp, os.fdopen(fd, "wb")
 
 
@@ -133,7 +133,7 @@ class JobLock:
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:
-            raise OutputError(describe_os_error(exc, "Cannot create the job lock")) from None
+            raise OutputError(describe_os_error(exc, f"Cannot create the job lock of -o {root}")) from None
         import fcntl
 
         try:
@@ -300,10 +300,14 @@ class Job:
         self.state["runs"].append(run_id)
 
     @classmethod
-    def start(cls, root: Path, fp: dict, resume: bool, run_id: str) -> "Job":
+    def start(cls, root: Path, fp: dict, resume: bool, run_id: str, replaces: str | None = None) -> "Job":
+        """`replaces`: a staged --overwrite names the last run of the job it replaces, so a swap cut short
+        can tell the old job from the new one."""
         saved = read_manifest(root) if resume else None
         if saved is None:
             job = cls(root, fp, run_id)
+            if replaces:
+                job.state["replaces"] = replaces
             job.save()
             return job
         diffs = _differences(saved["fingerprint"], fp)
@@ -341,13 +345,15 @@ class Job:
             self.save()
 
     def record(self, name: str, file_index: int, chunk: int, rows: int, errors: int, rejects: list[dict],
-               last: bool, files: dict[str, int] | None = None) -> None:
+               last: bool, files: dict[str, int] | None = None, sizes: dict[str, int] | None = None) -> None:
         parts = [p for p in self.state["parts"] if p["name"] != name]  # a retried part replaces its entry
         start = sum(p["rows"] for p in parts if p["file_index"] == file_index)
         entry = {"name": name, "file_index": file_index, "chunk": chunk, "row_start": start,
                  "row_end": start + rows, "rows": rows, "errors": errors, "rejects": rejects}
         if files is not None:  # --partition-by: one file per partition, {relative name: rows}
             entry["files"] = files
+        if sizes:  # bytes of each file at commit: --resume checks them (CSV and JSONL have no footer)
+            entry["bytes"] = sizes
         parts.append(entry)
         self.state["parts"] = parts
         done = {name, *(files or {})}

@@ -21,7 +21,7 @@ from .errors import InputError, ModelError
 from .job import Job, fingerprint, model_files_digest
 from .sink import OutputLayout, Writer, output_format, refuse_existing, refuse_input_overlap
 from .source import Rejects, check_inputs, expand_inputs, input_is_directory, read_batches, total_rows
-from .storage import local_model_dir
+from .storage import is_uri, local_file_path, local_model_dir
 from .summary import make_summary
 
 
@@ -70,8 +70,17 @@ def plan_job(inputs, output, model_dir, config: ScoreConfig, runner=None, engine
     if prepare is not None:
         prepare(scorer)
     layout = OutputLayout(str(output), fmt, files, input_is_directory(inputs), config.overwrite, config.resume,
-                          config.rejects, config.partition_by)
-    return JobPlan(config, files, keep, kept_schema, scorer, fmt, metadata, model_files, layout, engine, started)
+                          config.rejects, config.partition_by, explicit_format=config.output_format,
+                          input_dirs=_input_dirs(inputs), reject_mode=config.on_bad_rows == "reject")
+    return JobPlan(config, files, keep, kept_schema, scorer, layout.format, metadata, model_files, layout, engine,
+                   started)
+
+
+def _input_dirs(inputs) -> list[Path]:
+    """The local directories among the inputs: nothing bertbatch writes may land inside one."""
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    paths = [Path(local_file_path(i)) for i in items if not is_uri(str(i))]
+    return [p for p in paths if p.is_dir()]
 
 
 def model_metadata(scorer) -> tuple[dict, dict]:
@@ -104,7 +113,7 @@ def run_plan(plan: JobPlan, mover, progress=None) -> dict:
         if layout.directory:
             fp = fingerprint(plan.files, plan.model_files, plan.metadata["bertbatch.graph"],
                              plan.metadata["bertbatch.provider"], config, plan.fmt, plan.scorer.max_length)
-            job = Job.start(layout.output, fp, config.resume, layout.run_id)
+            job = Job.start(layout.root, fp, config.resume, layout.run_id, replaces=layout.replaces)
             if config.resume:
                 layout.verify_parts(job.state["parts"])  # a part lost or damaged since the crash: say so now
             if job.complete:  # re-running a finished job changes nothing (a kill before `_SUCCESS`: write it)

@@ -5,9 +5,12 @@ a directory of part files, or stdout), and the writer that commits parts and rec
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -16,11 +19,11 @@ import pyarrow.parquet as pq
 from pyarrow import csv
 
 from .errors import InputError, OutputError, describe_os_error
-from .job import (LOCK, REJECTS, SUCCESS, Job, JobLock, StoreLock, create_temp, new_run_id, owned_names, owned_temp,
-                  publish, read_manifest, remove_spool)
+from .job import (LOCK, MANIFEST, REJECTS, SUCCESS, Job, JobLock, StoreLock, _fsync_dir, create_temp, new_run_id, owned_names,
+                  owned_temp, publish, read_manifest, remove_spool)
 from .score import Result, Scorer, output_schema
 from .source import HIVE_NULL
-from .storage import Location, is_uri
+from .storage import Location, is_uri, local_file_path
 
 REJECT_SCHEMA = pa.schema([("file", pa.string()), ("where", pa.string()), ("reason", pa.string()), ("raw", pa.string())])
 
@@ -34,7 +37,7 @@ def write_rejects(rows: list[dict], final: Path | Location, run_id: str) -> None
         publish(tmp, final)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise OutputError(describe_os_error(exc, f"Cannot write the rejects file {final}")) from None
+        raise OutputError(describe_os_error(exc, f"Cannot write the rejects file (--rejects) {final}")) from None
 
 
 def mark_success(root: Path | Location, run_id: str) -> None:
@@ -50,14 +53,20 @@ class Sink:
 
     With `stream` (`-o -`) it writes there instead: no temp file, nothing to rename."""
 
-    def __init__(self, path: Path, schema: pa.Schema, stream=None, run_id: str | None = None):
+    def __init__(self, path: Path, schema: pa.Schema, stream=None, run_id: str | None = None, compress: bool = False,
+                 delimiter: str = ","):
         self.path = path if isinstance(path, Location) else Path(path)  # a Location: a file in a store
         self.stream = stream
+        self.raw = None  # with `compress`: the temp file under the gzip stream
         if stream is None:
             self.tmp, self.fh = create_temp(self.path, run_id or new_run_id())
+            if compress:  # `-o out.csv.gz`: what the name says; no file name or time in the header
+                self.raw, self.fh = self.fh, gzip.GzipFile(filename="", fileobj=self.fh, mode="wb", compresslevel=6,
+                                                           mtime=0)
         else:
             self.tmp, self.fh = None, stream
         self.schema = schema
+        self.delimiter = delimiter
         self.rows = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -71,6 +80,8 @@ class Sink:
         self._close()
         if self.stream is None:
             self.fh.close()
+            if self.raw is not None:
+                self.raw.close()
 
     def commit(self) -> None:
         self.finish_writing()
@@ -89,12 +100,14 @@ class Sink:
         finally:
             if self.stream is None:
                 self.fh.close()
+                if self.raw is not None:
+                    self.raw.close()
                 self.tmp.unlink(missing_ok=True)
 
 
 class ParquetSink(Sink):
-    def __init__(self, path, schema, stream=None, run_id=None):
-        super().__init__(path, schema, stream, run_id)
+    def __init__(self, path, schema, stream=None, run_id=None, **options):
+        super().__init__(path, schema, stream, run_id, **options)
         self.writer = pq.ParquetWriter(self.fh, schema, compression="zstd")
 
     def write(self, batch):
@@ -125,12 +138,12 @@ def _flatten_for_text(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 class CsvSink(Sink):
-    def __init__(self, path, schema, stream=None, run_id=None):
-        super().__init__(path, schema, stream, run_id)
+    def __init__(self, path, schema, stream=None, run_id=None, **options):
+        super().__init__(path, schema, stream, run_id, **options)
         self.writer = None
 
     def _open(self, schema: pa.Schema) -> None:
-        self.writer = csv.CSVWriter(self.fh, schema)
+        self.writer = csv.CSVWriter(self.fh, schema, write_options=csv.WriteOptions(delimiter=self.delimiter))
 
     def write(self, batch):
         batch = _flatten_for_text(batch)
@@ -146,34 +159,79 @@ class CsvSink(Sink):
 
 
 class JsonlSink(Sink):
-    def __init__(self, path, schema, stream=None, run_id=None):
-        super().__init__(path, schema, stream, run_id)
-        self.text = stream if stream is not None else io.TextIOWrapper(self.fh, encoding="utf-8")
+    """One strict JSON object a line, UTF-8 whatever the locale (stdout included): NaN and ±Infinity, which
+    strict parsers reject, are written as null."""
+
+    def __init__(self, path, schema, stream=None, run_id=None, **options):
+        super().__init__(path, schema, stream, run_id, **options)
+        self.text = io.TextIOWrapper(self.fh, encoding="utf-8", newline="\n", write_through=stream is not None)
 
     def write(self, batch):
         for row in batch.to_pylist():
-            self.text.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            self.text.write(_json_line(row) + "\n")
         self.rows += batch.num_rows
 
     def _close(self):
         self.text.flush()
-        if self.stream is None:
-            self.text.detach()  # the binary file is closed by Sink
+        self.text.detach()  # the binary file (or stdout's buffer) stays open: Sink or the process closes it
+
+
+def _json_line(row: dict) -> str:
+    try:
+        return json.dumps(row, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:  # a NaN or an infinity somewhere in the row: null, as strict JSON has no such number
+        return json.dumps(_finite(row), ensure_ascii=False, default=str, allow_nan=False)
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 SINKS = {"parquet": ParquetSink, "csv": CsvSink, "jsonl": JsonlSink}
 OUTPUT_SUFFIX = {"parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl"}
+# What a single output file's name means: (format, gzip, CSV delimiter). Any other suffix is refused.
+FILE_SUFFIXES = {
+    ".parquet": ("parquet", False, ","), ".csv": ("csv", False, ","), ".csv.gz": ("csv", True, ","),
+    ".tsv": ("csv", False, "\t"), ".tsv.gz": ("csv", True, "\t"), ".jsonl": ("jsonl", False, ","),
+    ".jsonl.gz": ("jsonl", True, ","), ".ndjson": ("jsonl", False, ","), ".ndjson.gz": ("jsonl", True, ","),
+}
+
+
+def _named_kind(path: str) -> tuple[str, bool, str] | None:
+    name = str(path).lower()
+    for suffix in sorted(FILE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return FILE_SUFFIXES[suffix]
+    return None
 
 
 def output_format(path: str, explicit: str | None) -> str:
     if explicit:
         return explicit
-    name = str(path).lower()
-    if name.endswith((".csv", ".csv.gz")):
-        return "csv"
-    if name.endswith((".jsonl", ".ndjson")):
-        return "jsonl"
-    return "parquet"
+    kind = _named_kind(path)
+    return kind[0] if kind else "parquet"
+
+
+def file_output_kind(path: str, explicit: str | None) -> tuple[str, bool, str]:
+    """(format, gzip, delimiter) of a single output file: its name must mean a format. With --format, a name
+    of another known format is a contradiction (refused); an unknown suffix takes --format's plain form."""
+    kind = _named_kind(path)
+    accepted = ", ".join(FILE_SUFFIXES)
+    if kind is None:
+        if explicit:
+            return explicit, False, ","
+        raise InputError(f"Output {path}: its suffix names no format bertbatch writes ({accepted}). Use one of "
+                         "them, give --format parquet|csv|jsonl, or a path without a suffix for a directory job.")
+    if explicit and explicit != kind[0]:
+        raise InputError(f"Output {path} names a {kind[0]} file but --format is {explicit}; make them agree "
+                         f"({accepted}).")
+    return kind
 
 
 # ---------------------------------------------------------------------------------------------- output layout
@@ -195,10 +253,38 @@ def refuse_input_overlap(output: Path, inputs: list[Path], directory: bool) -> N
             raise InputError(f"Output {output} would overwrite the input {path}; choose another -o path.")
 
 
+def refuse_inside_input_directory(target, option: str, input_dirs: list[Path]) -> None:
+    """A file or directory written inside an input directory would be read back as input by the next run
+    (and by --resume)."""
+    if isinstance(target, Location):
+        return
+    resolved = Path(target).resolve()
+    for folder in input_dirs:
+        folder = Path(folder).resolve()
+        if folder in resolved.parents:
+            raise InputError(f"{option} {target} is inside the input directory {folder}: a later run or --resume "
+                             f"would read it as input. Write it outside {folder}.")
+
+
 def refuse_existing(output: Path, overwrite: bool) -> None:
     target = output if isinstance(output, Location) else Path(output)
     if target.exists() and not overwrite:
         raise InputError(f"Output {output} exists. Pass --overwrite to replace it.")
+
+
+def stdout_is_closed() -> bool:
+    """`bertbatch score ... -o - >&-`: the process started without a standard output."""
+    if sys.stdout is None:
+        return True
+    try:
+        fd = sys.stdout.fileno()
+    except (OSError, ValueError, AttributeError):
+        return False  # not a real descriptor (a test harness's buffer): writable
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
 
 
 class OutputLayout:
@@ -206,21 +292,33 @@ class OutputLayout:
 
     A directory output is a job bertbatch owns: while it runs, `_bertbatch.lock` is flock'ed; it writes
     into an empty directory or its own job only, removes (with --overwrite) only what its manifest lists,
-    and refuses a directory holding any link."""
+    and refuses a directory holding any link. `--overwrite` of a local job is staged in a sibling
+    directory (`.OUT.bertbatch-overwrite`) and swapped into place when complete, so the previous result
+    stays readable until then. `root` is where the job writes: the staging directory, or the output."""
 
     def __init__(self, output: str, fmt: str, inputs: list[Path], input_is_dir: bool, overwrite: bool,
-                 resume: bool = False, rejects: str | None = None, partition_by: tuple[str, ...] | None = None):
+                 resume: bool = False, rejects: str | None = None, partition_by: tuple[str, ...] | None = None,
+                 explicit_format: str | None = None, input_dirs: list[Path] = (), reject_mode: bool = False):
         self.stdout = output == "-"
+        output = output if self.stdout else local_file_path(output)  # file:///x is the local path /x
         self.remote = is_uri(output)  # an object store: the same protocol, with uploads for renames
         self.output = Location.of(output) if self.remote else Path(output)
-        self.format = fmt
+        self.format, self.compress, self.delimiter = fmt, False, ","
         self.partition_by = tuple(partition_by or ())
         self.run_id = new_run_id()
         self.lock = None
+        self.staging = None  # the sibling directory a staged --overwrite writes into
+        self.replaces = None  # the last run of the job a staged --overwrite replaces
+        if self.stdout and stdout_is_closed():
+            raise OutputError("-o -: standard output is closed, so the scored rows have nowhere to go. Run with "
+                              "stdout open (a file or a pipe), or give -o a path.")
         if self.remote:
             self.directory = input_is_dir or self.output.is_dir() or "." not in self.output.name
         else:
             self.directory = not self.stdout and (input_is_dir or self.output.is_dir() or self.output.suffix == "")
+        if not self.stdout and not self.directory:
+            self.format, self.compress, self.delimiter = file_output_kind(str(output), explicit_format)
+        self.root = self.output
         if resume and not self.directory:
             raise InputError("--resume needs a directory output (an -o path without a file suffix).")
         if self.partition_by and not self.directory:
@@ -228,13 +326,52 @@ class OutputLayout:
         if rejects and self.directory:
             raise InputError(f"--rejects is for file and stdout outputs; a directory job keeps its rejects in "
                              f"{self.output / REJECTS}.")
-        self.rejects_file = Path(rejects) if rejects else None
+        self.rejects_file = local_file_path(rejects) if rejects else None
+        if self.rejects_file is not None:
+            self.rejects_file = Location.of(self.rejects_file) if is_uri(self.rejects_file) else Path(self.rejects_file)
         if not self.stdout:
             refuse_input_overlap(self.output, inputs, self.directory)
+            refuse_inside_input_directory(self.output, "Output -o", input_dirs)
+        if reject_mode:
+            self._check_rejects_path(inputs, input_dirs, overwrite)
+        if not self.stdout:
             if self.directory:
                 self._prepare_directory(overwrite, resume)
             else:
                 self._prepare_file(overwrite)
+
+    def sink(self, path, schema: pa.Schema) -> Sink:
+        options = {"compress": self.compress, "delimiter": self.delimiter} if not self.directory else {}
+        return SINKS[self.format](path, schema, run_id=self.run_id, **options)
+
+    # -- the rejects file of a file or stdout output: checked like the output, before anything is scored
+    def _check_rejects_path(self, inputs: list[Path], input_dirs: list[Path], overwrite: bool) -> None:
+        path = self.rejects_path
+        if path is None or self.directory:
+            return  # a directory job's `_rejects.csv` is one of its own files
+        option = "--rejects" if self.rejects_file is not None else "The rejects file"
+        if isinstance(path, Location):
+            if path.exists() and not overwrite:
+                raise InputError(f"{option} {path} exists. Pass --overwrite to replace it, or choose another "
+                                 "--rejects path.")
+            return
+        resolved = path.resolve()
+        for source in inputs:
+            if getattr(source, "remote", None) is None and Path(source).resolve() == resolved:
+                raise InputError(f"{option} {path} is the input {source}: the rejected rows would replace it. "
+                                 "Choose another --rejects path.")
+        if not self.stdout and not self.remote and Path(self.output).resolve() == resolved:
+            raise InputError(f"{option} {path} is the output -o {self.output}: one would replace the other. "
+                             "Choose another --rejects path.")
+        refuse_inside_input_directory(path, option, input_dirs)
+        if path.is_dir():
+            raise OutputError(f"{option} {path} is a directory; give a file name for the rejected rows.")
+        if (path.exists() or path.is_symlink()) and not overwrite:
+            raise InputError(f"{option} {path} exists. Pass --overwrite to replace it, or choose another "
+                             "--rejects path.")
+        if self.rejects_file is not None and not path.parent.is_dir():
+            raise OutputError(f"Cannot write --rejects {path}: the directory {path.parent} does not exist. "
+                              "Create it, or choose another --rejects path.")
 
     # -- a single file
     def _prepare_file(self, overwrite: bool) -> None:
@@ -246,30 +383,32 @@ class OutputLayout:
             make_directory(self.output.parent, self.output)
 
     # -- a job directory
-    def _entries(self) -> list[str]:
-        """Names in the output directory; inside Hive `key=value` directories, relative paths of their files."""
+    def _entries(self, root=None) -> list[str]:
+        """Names in the job directory; inside Hive `key=value` directories, relative paths of their files."""
+        root = self.root if root is None else root
         if self.remote:
-            return sorted(f.relative_to(self.output) for f in self.output.list_files())
-        return sorted(_local_entries(self.output, "")) if self.output.is_dir() else []
+            return sorted(f.relative_to(root) for f in root.list_files())
+        return sorted(_local_entries(root, "")) if root.is_dir() else []
 
-    def _check_owned(self) -> tuple[dict | None, list[str]]:
-        """(saved manifest, entries) of the output directory; refuses links and files that are not the job's."""
-        if self.output.exists() and not self.output.is_dir():
-            raise OutputError(f"Output {self.output} exists and is not a directory; choose another -o path.")
-        entries = self._entries()
+    def _check_owned(self, root=None) -> tuple[dict | None, list[str]]:
+        """(saved manifest, entries) of a job directory; refuses links and files that are not the job's."""
+        root = self.output if root is None else root
+        if root.exists() and not root.is_dir():
+            raise OutputError(f"Output {root} exists and is not a directory; choose another -o path.")
+        entries = self._entries(root)
         for name in entries:
-            if (self.output / name).is_symlink():
+            if (root / name).is_symlink():
                 raise OutputError(
-                    f"Output directory {self.output} holds a link, {name} -> {os.readlink(self.output / name)}; "
+                    f"Output directory {root} holds a link, {name} -> {os.readlink(root / name)}; "
                     "bertbatch never follows links in its output. Remove the link, or write elsewhere with -o."
                 )
-        saved = read_manifest(self.output)
+        saved = read_manifest(root)
         owned = owned_names(saved) if saved else {LOCK}
         foreign = [n for n in entries if n not in owned and not owned_temp(n, saved)]
         if foreign:
             shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
             raise OutputError(
-                f"Output directory {self.output} holds files bertbatch did not write ({shown}); it writes only "
+                f"Output directory {root} holds files bertbatch did not write ({shown}); it writes only "
                 "into an empty directory or its own job. Choose another -o path, or move them away."
             )
         return saved, entries
@@ -291,15 +430,86 @@ class OutputLayout:
             self.lock = JobLock(self.output)
         try:
             saved, _ = self._check_owned()  # again, under the lock: the directory is now this process's
-            if overwrite and not resume:
-                self.remove_outputs()
-            else:  # temp files of a killed run of this job: never published, never needed
-                for name in self._entries():
-                    if owned_temp(name, saved):
-                        (self.output / name).unlink(missing_ok=True)
+            if not self.remote:
+                self._settle_staging(saved, overwrite, resume)
+            if self.staging is not None:
+                pass
+            elif overwrite and not resume:
+                self.remove_outputs()  # a store (no rename) or a directory holding no job yet: in place
+            else:
+                self._remove_own_temps(saved)
         except BaseException:
             self.release()
             raise
+
+    def _remove_own_temps(self, saved: dict | None) -> None:
+        """Temp files of a killed run of this job: never published, never needed."""
+        for name in self._entries():
+            if owned_temp(name, saved):
+                (self.root / name).unlink(missing_ok=True)
+
+    # -- a staged --overwrite (local disk): the old job stays readable until the new one is complete
+    def _stage_names(self) -> tuple[Path, Path]:
+        return (self.output.with_name(f".{self.output.name}.bertbatch-overwrite"),
+                self.output.with_name(f".{self.output.name}.bertbatch-replaced"))
+
+    def _settle_staging(self, saved: dict | None, overwrite: bool, resume: bool) -> None:
+        """Under the output's lock: clean what an earlier staged --overwrite left, then decide where this run
+        writes. --overwrite of a job stages a fresh copy; --resume continues a staged --overwrite that was
+        interrupted (and swaps it in at the end), else the job itself."""
+        stage, trash = self._stage_names()
+        if trash.is_symlink():
+            trash.unlink()
+        elif trash.exists():  # the previous result of a finished swap (a name only bertbatch makes)
+            shutil.rmtree(trash, ignore_errors=True)
+        staged = read_manifest(stage) if stage.is_dir() and not stage.is_symlink() else None
+        replaced_run = (saved or {}).get("state", {}).get("replaces")
+        if staged is not None and replaced_run and (staged["state"].get("runs") or [None])[-1] == replaced_run:
+            self._remove_job_dir(stage)  # killed right after the swap: the stage holds the job it replaced
+            staged = None
+        if resume and staged is not None:
+            self._check_owned(stage)
+            self.staging = self.root = stage
+            self._remove_own_temps(staged)
+        elif overwrite and not resume and saved is not None:
+            if stage.exists() or stage.is_symlink():
+                self._remove_job_dir(stage)  # an interrupted earlier --overwrite: start it again
+            try:
+                stage.mkdir()
+            except OSError as exc:
+                raise OutputError(describe_os_error(exc, f"Cannot create the staging directory of -o {self.output}")) from None
+            self.staging = self.root = stage
+            self.replaces = (saved.get("state", {}).get("runs") or [None])[-1]
+        elif stage.is_dir() and not stage.is_symlink() and staged is None and (resume or overwrite):
+            self._remove_job_dir(stage)  # killed before its first manifest: nothing in it to continue
+
+    def _remove_job_dir(self, folder: Path) -> None:
+        """Remove a staging or replaced job directory: only if everything in it is a job's, never via a link."""
+        if folder.is_symlink() or not folder.is_dir():
+            raise OutputError(f"{folder} is not a directory bertbatch made; move it away and run again.")
+        saved, entries = self._check_owned(folder)
+        for name in entries:  # the manifest last: a removal cut short is still recognisably a job's
+            if name != MANIFEST:
+                (folder / name).unlink(missing_ok=True)
+        shutil.rmtree(folder)
+
+    def _swap_in(self) -> None:
+        """Put the complete staged job in place of the old one: one atomic exchange where the OS offers it
+        (Linux renameat2), else two renames; then remove the old job."""
+        stage, trash = self._stage_names()
+        try:
+            if _exchange(self.staging, self.output):
+                os.rename(self.staging, trash)  # the stage now holds the old job
+            else:
+                os.rename(self.output, trash)
+                os.rename(self.staging, self.output)
+            _fsync_dir(self.output.parent)
+        except OSError as exc:
+            raise OutputError(describe_os_error(
+                exc, f"Cannot put the new job {self.staging} in place of -o {self.output} (the old job is intact)"
+            )) from None
+        self.staging, self.root = None, self.output
+        shutil.rmtree(trash, ignore_errors=True)
 
     def release(self) -> None:
         if self.lock is not None:
@@ -311,16 +521,14 @@ class OutputLayout:
     def open(self, schema: pa.Schema, file_index: int = 0, chunk: int = 0) -> Sink:
         """A sink for part (file_index, chunk) of a directory, or for the one output file."""
         if self.stdout:
-            if self.format == "jsonl":
-                return JsonlSink(Path("-"), schema, stream=sys.stdout)
             return SINKS[self.format](Path("-"), schema, stream=sys.stdout.buffer)
         if self.partition_by:
             return PartitionedSink(self, schema, part_name(file_index, chunk, self.format))
         if self.directory:
-            path = self.output / part_name(file_index, chunk, self.format)
+            path = self.root / part_name(file_index, chunk, self.format)
         else:
             path = self.output
-        return SINKS[self.format](path, schema, run_id=self.run_id)
+        return self.sink(path, schema)
 
     def open_file(self, relative: str, schema: pa.Schema) -> Sink:
         """A sink for a file in Hive `key=value` directories (`--partition-by`), made as needed, never via links."""
@@ -328,20 +536,20 @@ class OutputLayout:
         if any(d in ("", ".", "..") or "=" not in d for d in dirs):
             raise InputError(f"Refusing to write {relative!r}: it escapes the output directory {self.output}.")
         if not self.remote:
-            folder = self.output
+            folder = self.root
             for segment in dirs:
                 folder = folder / segment
                 if folder.is_symlink():
                     raise OutputError(f"Refusing to write through the link {folder} in the output directory.")
                 make_directory(folder, self.output)
-        return SINKS[self.format](self.output / relative, schema, run_id=self.run_id)
+        return self.sink(self.root / relative, schema)
 
     def list_parts(self) -> list:
         if not self.directory:
             return [self.output]
         if self.remote:
-            return [f for f in self.output.list_files() if f.name.startswith("part-")]
-        return sorted(self.output.glob("**/part-*" if self.partition_by else "part-*"))
+            return [f for f in self.root.list_files() if f.name.startswith("part-")]
+        return sorted(self.root.glob("**/part-*" if self.partition_by else "part-*"))
 
     @property
     def rejects_path(self) -> Path | None:
@@ -351,18 +559,20 @@ class OutputLayout:
             return None
         if self.remote and not self.directory:
             return Location.of(self.output.uri + ".rejects.csv")
-        return self.output / REJECTS if self.directory else self.output.with_name(self.output.name + ".rejects.csv")
+        return self.root / REJECTS if self.directory else self.output.with_name(self.output.name + ".rejects.csv")
 
     def verify_parts(self, parts: list[dict]) -> int:
-        """Rows in the committed part files, checked against the manifest (Parquet footers are read)."""
+        """Rows in the committed part files, checked against the manifest: every format, every file (Parquet:
+        the footer's row count; CSV and JSONL: the byte size recorded at commit, then the records counted)."""
         total = 0
         for part in parts:
+            sizes = part.get("bytes", {})
             for name, rows in (part.get("files") or {part["name"]: part["rows"]}).items():
-                self._verify_file(self.output / name, rows)
+                self._verify_file(self.root / name, rows, sizes.get(name))
             total += part["rows"]
         return total
 
-    def _verify_file(self, path, rows: int) -> None:
+    def _verify_file(self, path, rows: int, size: int | None = None) -> None:
         if not path.is_file() or path.is_symlink():
             raise OutputError(f"Part {path} is listed in the manifest but missing; the job cannot continue. "
                               "Start again with --overwrite.")
@@ -372,9 +582,18 @@ class OutputLayout:
             except (pa.ArrowInvalid, OSError) as exc:
                 raise OutputError(f"Part {path} is damaged ({exc}); the job cannot continue. "
                                   "Start again with --overwrite.") from None
-            if on_disk != rows:
-                raise OutputError(f"Part {path} holds {on_disk} rows, the manifest says {rows}; "
-                                  "start again with --overwrite.")
+        else:
+            found = path.info().size if self.remote else path.stat().st_size
+            if size is not None and found != size:
+                raise OutputError(f"Part {path} is {found} bytes, the manifest recorded {size} at commit: it was "
+                                  "cut or changed since. The job cannot continue; start again with --overwrite.")
+            on_disk = _count_records(path, self.format, self.remote)
+            if on_disk is None:
+                raise OutputError(f"Part {path} is damaged (not the {self.format.upper()} bertbatch wrote); the job "
+                                  "cannot continue. Start again with --overwrite.")
+        if on_disk != rows:
+            raise OutputError(f"Part {path} holds {on_disk} rows, the manifest says {rows}; "
+                              "start again with --overwrite.")
 
     def finish(self, rejects: list[dict] | None, job, totals: dict) -> None:
         """Rejects file, then the final manifest, then `_SUCCESS`: the last things a job writes.
@@ -388,26 +607,77 @@ class OutputLayout:
         self.finish_success()
 
     def finish_success(self) -> None:
-        """`_SUCCESS`, unless it is there already (a finished job re-run changes nothing)."""
-        if not self.directory or (self.output / SUCCESS).is_file():
+        """`_SUCCESS`, unless it is there already (a finished job re-run changes nothing); a staged
+        --overwrite is then swapped into place."""
+        if not self.directory:
             return
-        try:
-            mark_success(self.output, self.run_id)
-        except OSError as exc:
-            raise OutputError(describe_os_error(exc, f"Cannot write {self.output / SUCCESS}")) from None
+        if not (self.root / SUCCESS).is_file():
+            try:
+                mark_success(self.root, self.run_id)
+            except OSError as exc:
+                raise OutputError(describe_os_error(exc, f"Cannot write {self.root / SUCCESS} (-o)")) from None
+        if self.staging is not None:
+            self._swap_in()
 
     def remove_outputs(self) -> None:
         """Remove what this job's manifest lists (parts, pending parts, its runs' temp files, the manifest,
-        rejects, `_SUCCESS`) and nothing else; never through a link (unlink removes the link itself)."""
-        if not (self.directory and self.output.is_dir()):
+        rejects, `_SUCCESS`) and nothing else; never through a link (unlink removes the link itself). A
+        staged --overwrite removes its staging directory: the old job stays."""
+        if self.staging is not None:
+            self._remove_job_dir(self.staging)
+            self.staging = None
+            self.root = self.output
             return
-        saved = read_manifest(self.output)
+        if not (self.directory and self.root.is_dir()):
+            return
+        saved = read_manifest(self.root)
         owned = owned_names(saved) - {LOCK}
         for name in self._entries():
             if name in owned or owned_temp(name, saved):
-                (self.output / name).unlink(missing_ok=True)
+                (self.root / name).unlink(missing_ok=True)
         if not self.remote:
-            _remove_empty_partition_dirs(self.output)
+            _remove_empty_partition_dirs(self.root)
+
+
+def _count_records(path, fmt: str, remote: bool) -> int | None:
+    """Records in a CSV (header not counted) or JSONL part, or None when it does not parse."""
+    opener = path.open_input_stream if remote else (lambda: pa.OSFile(str(path)))
+    if fmt == "jsonl":
+        lines = last = 0
+        with opener() as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                lines += chunk.count(b"\n")
+                last = chunk[-1]
+        return lines if last in (0, 10) else None  # a part ends with a newline
+    options = csv.ReadOptions(autogenerate_column_names=True, skip_rows=1, block_size=1 << 24)
+    convert = csv.ConvertOptions(include_columns=["f0"], column_types={"f0": pa.string()})
+    try:
+        with opener() as fh:
+            reader = csv.open_csv(fh, read_options=options, convert_options=convert,
+                                  parse_options=csv.ParseOptions(newlines_in_values=True))
+            return sum(batch.num_rows for batch in reader)
+    except pa.ArrowInvalid as exc:
+        return 0 if "Empty CSV file" in str(exc) else None
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); False where the OS or the file
+    system offers no such call."""
+    import ctypes
+    import errno
+
+    try:
+        call = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_cwd, rename_exchange = -100, 2
+    if call(at_cwd, os.fsencode(str(a)), at_cwd, os.fsencode(str(b)), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
 
 
 def _local_entries(folder: Path, prefix: str) -> list[str]:
@@ -440,7 +710,7 @@ def make_directory(path: Path, output: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise OutputError(describe_os_error(exc, f"Cannot create the directory for {output}")) from None
+        raise OutputError(describe_os_error(exc, f"Cannot create the directory for -o {output}")) from None
 
 
 def part_name(file_index: int, chunk: int, fmt: str) -> str:
@@ -451,11 +721,29 @@ def part_name(file_index: int, chunk: int, fmt: str) -> str:
 _SAFE = " -_.~+,;@!$&()"  # kept as is; '/', '=', '%', ':' and the rest are percent-encoded, as Hive does
 
 
+NAME_MAX = 255  # bytes in one file name on Linux, macOS and Windows file systems
+
+
 def hive_segment(key: str, value: str | None) -> str:
-    """`key=value` as Hive, Spark and DuckDB write it: percent-encoded; null and '' as __HIVE_DEFAULT_PARTITION__."""
+    """`key=value` as Hive, Spark and DuckDB write it: percent-encoded; null and '' as __HIVE_DEFAULT_PARTITION__.
+    A segment longer than a file name allows is refused, naming the column and the value."""
     from urllib.parse import quote
 
-    return f"{quote(key, safe=_SAFE)}={HIVE_NULL if value in (None, '') else quote(value, safe=_SAFE)}"
+    segment = f"{quote(key, safe=_SAFE)}={HIVE_NULL if value in (None, '') else quote(value, safe=_SAFE)}"
+    if len(segment.encode()) > NAME_MAX:
+        shown = value if len(value) <= 60 else value[:60] + "..."
+        raise InputError(f"--partition-by {key}: the value {shown!r} ({len(value)} characters) makes a directory "
+                         f"name of {len(segment.encode())} bytes, over the {NAME_MAX} a file name allows; partition "
+                         "by a column with shorter values.")
+    return segment
+
+
+def open_file_budget() -> int:
+    """Partition files one part may hold open at once: the open-file limit, less room for everything else."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return max(1, (soft if soft != resource.RLIM_INFINITY else 1 << 16) - 64)
 
 
 class PartitionedSink:
@@ -479,17 +767,36 @@ class PartitionedSink:
         self.rows = 0
 
     def write(self, batch: pa.RecordBatch) -> None:
-        values = [batch.column(k).cast(pa.string()).to_pylist() for k in self.keys]
+        values = [self._values(batch, k) for k in self.keys]
         groups: dict[tuple, list[int]] = {}
         for row, key in enumerate(zip(*values)):
             groups.setdefault(key, []).append(row)
         data = batch.select(self.file_schema.names)
+        relatives = {key: "/".join(hive_segment(k, v) for k, v in zip(self.keys, key)) + "/" + self.path.name
+                     for key in groups}  # every name checked before a directory is made
+        fresh = len(set(relatives.values()) - set(self.sinks))
+        if len(self.sinks) + fresh > open_file_budget():
+            raise InputError(
+                f"--partition-by {','.join(self.keys)}: more than {open_file_budget()} distinct values in one part "
+                f"({self.path.name}), one open file each, over the open-file limit (ulimit -n). Raise the limit, "
+                "lower --rows-per-part, or partition by a column with fewer values.")
         for key, rows in groups.items():
-            relative = "/".join(hive_segment(k, v) for k, v in zip(self.keys, key)) + "/" + self.path.name
+            relative = relatives[key]
             if relative not in self.sinks:
                 self.sinks[relative] = self.layout.open_file(relative, self.file_schema)
             self.sinks[relative].write(data.take(pa.array(rows, pa.int64())))
         self.rows += batch.num_rows
+
+    @staticmethod
+    def _values(batch: pa.RecordBatch, key: str) -> list:
+        column = batch.column(key)
+        try:
+            return column.cast(pa.string()).to_pylist()
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            bad = next((i for i, v in enumerate(column.to_pylist()) if isinstance(v, bytes) and not _utf8(v)), None)
+            where = f" (row {bad + 1} of this window)" if bad is not None else ""
+            raise InputError(f"--partition-by {key}: the column holds bytes that are not UTF-8 text{where}, which "
+                             "cannot name a directory; partition by a text column.") from None
 
     @property
     def files(self) -> dict[str, int]:
@@ -505,6 +812,16 @@ class PartitionedSink:
     def abort(self) -> None:
         for sink in self.sinks.values():
             sink.abort()
+        if not self.layout.remote and self.layout.root.is_dir():
+            _remove_empty_partition_dirs(self.layout.root)  # no empty `k=v` directories left behind
+
+
+def _utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 # -------------------------------------------------------------------------------------- parts and the manifest
@@ -547,7 +864,11 @@ class Writer:
         self.part_errors += errors
 
     def _target(self) -> str:
-        return "stdout" if self.layout.stdout else str(self.sink.path)
+        """What failed, with the option behind it."""
+        if self.layout.stdout:
+            return "stdout (-o -)"
+        path = self.sink.path if self.sink is not None else self.layout.output
+        return f"-o {self.layout.root / path if self.layout.partition_by else path}"
 
     def _new_rejects(self, rejects) -> list[dict]:
         if rejects is None:
@@ -558,10 +879,12 @@ class Writer:
 
     def _commit(self, rejects, last: bool) -> None:
         sink, (index, chunk) = self.sink, self.key
+        sizes = {}
         try:
             sink.finish_writing()
             if sink.stream is None:
                 for tmp, final, name in sink.pieces():
+                    sizes[name] = os.path.getsize(tmp)  # recorded, so --resume sees a part cut or changed since
                     if self.job:
                         self.job.intend(name)
                     publish(tmp, final)
@@ -572,7 +895,7 @@ class Writer:
         self.sink = self.key = None
         if self.job:
             self.job.record(sink.path.name, index, chunk, sink.rows, self.part_errors, self._new_rejects(rejects), last,
-                            files=getattr(sink, "files", None))
+                            files=getattr(sink, "files", None), sizes=sizes)
         self.part_errors = 0
 
     def close(self, rejects, expected_rows: int | None) -> dict:

@@ -19,7 +19,7 @@ from pyarrow import csv
 
 from .config import ScoreConfig
 from .errors import InputError
-from .storage import Location, check_no_credentials, is_uri
+from .storage import Location, check_no_credentials, is_uri, local_file_path
 
 CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -200,6 +200,7 @@ def _expand(inputs) -> list[InputFile]:
         if is_uri(str(item)):
             files.extend(_expand_uri(str(item)))
             continue
+        item = local_file_path(item)  # file:///x is the local path /x
         path = Path(item)
         if path.is_dir():
             found = _local_tree(path)
@@ -227,7 +228,7 @@ def _expand(inputs) -> list[InputFile]:
 def input_is_directory(inputs) -> bool:
     """Whether any input names a directory (local or a store prefix): such input makes a directory output."""
     items = [inputs] if isinstance(inputs, (str, Path)) else inputs
-    return any(Location.of(i).is_dir() if is_uri(str(i)) else Path(i).is_dir() for i in items)
+    return any(Location.of(i).is_dir() if is_uri(str(i)) else Path(local_file_path(i)).is_dir() for i in items)
 
 
 def csv_delimiter(path: Path) -> str:

@@ -38,6 +38,21 @@ def is_uri(target) -> bool:
     return bool(match) and match.group(1).lower() != "file"
 
 
+def local_file_path(target):
+    """A `file://` URI as the local path it names (`file:///data/x.parquet` -> `/data/x.parquet`, `file:/x`
+    -> `/x`); anything else unchanged. Outputs, inputs and model directories all take it."""
+    text = str(target) if isinstance(target, (str, Path)) else None
+    if text is None or not text.lower().startswith("file:"):
+        return target
+    from urllib.parse import unquote
+
+    parts = urlsplit(text)
+    if parts.netloc not in ("", "localhost"):
+        raise InputError(f"{text}: a file:// URI names a path on this machine (file:///path); "
+                         f"got the host {parts.netloc!r}.")
+    return unquote(parts.path)
+
+
 def check_no_credentials(uri: str) -> None:
     """Refuse a URI with a user/password or a secret query parameter, naming neither."""
     parts = urlsplit(uri)
@@ -236,7 +251,7 @@ def local_model_dir(model_dir: "str | Path", cache_root: "str | Path | None" = N
     cached file still has the SHA-256 it was downloaded with; every hash `bertbatch.json` records is checked
     against the downloaded bytes. A copy is built beside the cache and renamed into place whole."""
     if not is_uri(str(model_dir)):
-        return Path(model_dir)
+        return Path(local_file_path(model_dir))
     if cache_root is None:
         cache_root = Path.home() / ".cache" / "bertbatch" / "models"
     source = Location.of(model_dir)

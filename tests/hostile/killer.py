@@ -1,10 +1,11 @@
 """Run the bertbatch CLI and SIGKILL this process at a named commit point of a directory job.
 
-    python killer.py POINT N ARGS...   (POINT: temp-written | published | recorded | before-success)
+    python killer.py POINT N ARGS...   (POINT: temp-written | published | recorded | before-success | swapped)
 
 KILLER_SIGNAL=SIGSTOP in the environment stops the process there instead (the test sends SIGCONT).
 
-The points are the job protocol's own functions (sink.publish, job.Job.record, sink.mark_success),
+The points are the job protocol's own functions (sink.publish, job.Job.record, sink.mark_success, and
+sink._exchange, the swap that puts a staged --overwrite in place),
 wrapped here from outside: the library has no test-only code path.
 """
 
@@ -46,6 +47,8 @@ def main():
         wrap(job.Job, "record", before=False)
     elif point == "before-success":
         wrap(sink, "mark_success", before=True)
+    elif point == "swapped":
+        wrap(sink, "_exchange", before=False)
     else:
         raise SystemExit(f"unknown point {point}")
     from bertbatch.cli import cli
