@@ -15,6 +15,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pyarrow as pa
+
 from .config import ScoreConfig
 from .errors import InputError, ModelError
 from .job import Job, fingerprint, model_files_digest
@@ -22,7 +24,7 @@ from .score import Scorer
 from .sink import OutputLayout, Writer, output_format
 from .summary import make_summary
 from .storage import local_model_dir
-from .source import Rejects, check_inputs, expand_inputs, input_is_directory, read_batches, total_rows
+from .source import Rejects, check_inputs, expand_inputs, file_format, input_is_directory, read_batches, total_rows
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,8 @@ def _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files
     stop, threads = threading.Event(), []
     total = total_rows(files)
     try:
-        for item in _background(_scored(scorer, files, keep, config, rejects, job, stop, threads), 2, stop, threads):
+        for item in _background(_scored(scorer, files, keep, config, rejects, job, stop, threads, kept_schema,
+                                          _binary_as_text(kept_schema, fmt, config)), 2, stop, threads):
             writer.take(*item, rejects)
             if progress and item[2] is not None:
                 progress(writer.rows_this_run + writer.rows_before, total)
@@ -93,6 +96,12 @@ def _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files
             layout.remove_outputs()  # bad data fails again on retry: leave nothing under the final name
         raise
     return _summary(totals, scorer, metadata, layout, started, resumed=config.resume, config=config)
+
+
+def _binary_as_text(kept_schema, fmt: str, config: ScoreConfig) -> tuple[str, ...]:
+    """Kept binary columns the output must hold as text: every one in CSV/JSONL, partition keys in any format."""
+    binary = [f.name for f in kept_schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    return tuple(name for name in binary if fmt != "parquet" or name in (config.partition_by or ()))
 
 
 def _torch_weights(model_path: Path) -> Path | None:
@@ -120,17 +129,18 @@ def _open_scorer(model_dir, config: ScoreConfig, runner) -> Scorer:
 
 
 # ------------------------------------------------------------------------------------------------- stages
-def _windows(files, columns, config: ScoreConfig, rejects, job: Job | None):
+def _windows(files, columns, config: ScoreConfig, rejects, job: Job | None, schema=None, as_text=()):
     """(file index, chunk, batch) windows in input order, cut at part boundaries, skipping committed rows.
 
-    After each file: (file index, None, None), so the writer can close the file's last part."""
+    After each file: (file index, None, None), so the writer can close the file's last part. Columns `schema`
+    (the inputs' unified kept schema) names are cast to its types."""
     per_part = config.rows_per_part
     for index, path in enumerate(files):
         if job and job.file_done(index):
             continue
         skip = job.rows_done(index) if job else 0
         pos = seen = 0
-        for batch in read_batches(path, columns, config.window_rows, rejects):
+        for batch in read_batches(path, columns, config.window_rows, rejects, schema, as_text):
             seen += batch.num_rows
             if pos + batch.num_rows <= skip:
                 pos += batch.num_rows
@@ -142,16 +152,16 @@ def _windows(files, columns, config: ScoreConfig, rejects, job: Job | None):
                 piece, batch = batch.slice(0, (chunk + 1) * per_part - pos), batch.slice((chunk + 1) * per_part - pos)
                 pos += piece.num_rows
                 yield index, chunk, piece
-        if seen == 0 and rejects is None:
+        if seen == 0 and rejects is None and file_format(path) != "parquet":  # empty Parquet parts: source.check_inputs
             raise InputError(f"{path} has no data rows (empty or header only). Remove it or use --on-bad-rows reject.")
         yield index, None, None
 
 
-def _scored(scorer: Scorer, files, keep, config: ScoreConfig, rejects, job, stop, threads):
+def _scored(scorer: Scorer, files, keep, config: ScoreConfig, rejects, job, stop, threads, schema=None, as_text=()):
     columns = config.read_columns(keep)
 
     def tokenized():
-        for index, chunk, batch in _windows(files, columns, config, rejects, job):
+        for index, chunk, batch in _windows(files, columns, config, rejects, job, schema, as_text):
             if batch is None:
                 yield index, chunk, None, None
                 continue
