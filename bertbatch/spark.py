@@ -42,7 +42,7 @@ from .errors import InputError, ModelError, require
 from .manifest import sha256_file
 from .modeldir import ModelDir
 from .runtime import CPU, CUDA, available_providers, resolve_provider
-from .score import Scorer, output_schema
+from .score import Scorer, check_model_options, output_schema
 from .sink import output_format, refuse_existing, refuse_input_overlap
 from .source import check_inputs, csv_delimiter, expand_inputs, file_format
 from .summary import make_summary
@@ -253,6 +253,7 @@ def _score(df, model_dir, config: ScoreConfig, ship_model: bool | None, tally: b
     _check_columns(df, config)
     keep = list(config.keep) if config.keep is not None else list(df.columns)
     model = ModelDir.open(Path(model_dir).resolve())
+    check_model_options(model, config)  # on the driver, before any executor starts (as the local Scorer does)
     spark = df.sparkSession
     ship = not spark.sparkContext.master.startswith("local") if ship_model is None else ship_model
     graph = _executor_graph(model.path, config.graph, ship)
