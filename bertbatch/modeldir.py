@@ -31,7 +31,8 @@ class ModelDir:
     def open(cls, path: str | Path) -> "ModelDir":
         """Open and validate a model directory as a whole: its JSON files parse, types are right, labels unique.
 
-        Every problem is a ModelError (exit 3) naming the file and, where there is one, the key."""
+        Every problem is a ModelError (exit 3) naming the file and, where there is one, the key. tokenizer.json
+        (hundreds of kB) is checked where it is loaded, `tokenizer()`, which the Scorer calls before the graph."""
         path = Path(path)
         config_file = path / "config.json"
         if not config_file.is_file():
@@ -40,8 +41,6 @@ class ModelDir:
         labels = _labels(config, config_file)
         manifest = read_manifest(path)
         _check_manifest(manifest, path / MANIFEST)
-        if (path / "tokenizer.json").is_file():
-            read_json_object(path / "tokenizer.json")
         positions = config.get("max_position_embeddings")
         if positions is not None and not _positive_int(positions):
             raise ModelError(f"{config_file}: max_position_embeddings must be a positive integer; got {positions!r}.")
