@@ -174,3 +174,18 @@ def test_non_utf8_binary_is_kept_as_bytes_in_parquet(tmp_path, model):
     out = tmp_path / "out.parquet"
     cli("score", model, _with_binary_ids(tmp_path), "-o", out).assert_ok()
     assert pq.read_table(out)["blob"].to_pylist()[7] == b"\xff\xfe"
+
+
+def test_ragged_latin1_row_leaves_no_traceback_on_the_real_stderr(tmp_path, model):
+    """In-process runs hide `Exception ignored` (pytest owns sys.unraisablehook there): run the real CLI."""
+    import os
+    import subprocess
+    import sys
+
+    src = _csv_with_a_ragged_latin1_row(tmp_path / "in.csv", 3)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "bertbatch", "score", str(model), str(src), "-o",
+                           str(tmp_path / "out.parquet")], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "record 5" in done.stderr and "cannot read the CSV header" not in done.stderr
