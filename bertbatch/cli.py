@@ -377,7 +377,8 @@ def _model_dir_or_uri(ctx, param, value):
 @click.option("--probs", is_flag=True, help="One prob_<label> column per class.")
 @click.option("--top-k", type=int, help="A top_k column with the K best labels.")
 @click.option("--logits", is_flag=True, help="A logits column.")
-@click.option("--threshold", default=0.5, show_default=True, help="Multi-label decision threshold.")
+@click.option("--threshold", type=float, help="Multi-label decision threshold, between 0 and 1 (default 0.5; "
+              "refused for a single-label model).")
 @click.option("--long-text", type=_choice(LongText), default="truncate", show_default=True)
 @click.option("--stride", default=64, show_default=True, help="Tokens shared by consecutive windows.")
 @click.option("--aggregate", type=_choice(Aggregate), default="mean", show_default=True)

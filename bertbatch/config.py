@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -9,6 +10,17 @@ from typing import Literal, get_args
 from .errors import InputError
 
 FREEZE_PATTERN = re.compile(r"^(none|embeddings|encoder|layers:\d+)$")
+DEFAULT_THRESHOLD = 0.5  # multi-label decision threshold when --threshold is not given
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _between(name: str, value, low: float, high: float) -> None:
+    """`value` a finite number in [low, high] (NaN and infinities refused too: they compare false)."""
+    if not (_finite(value) and low <= value <= high):
+        raise InputError(f"{name} must be a number between {low} and {high}; got {value}.")
 
 # The allowed values of each choice, written once: the dataclasses below validate against them and the CLI's
 # click.Choice lists them (get_args).
@@ -75,8 +87,13 @@ class TrainConfig:
             if not 0 < getattr(self, name) < 0.5:
                 raise InputError(f"{name} must be between 0 and 0.5; got {getattr(self, name)}.")
         for name in ("epochs", "lr", "batch_size", "max_length"):
-            if getattr(self, name) <= 0:
+            if not (_finite(getattr(self, name)) and getattr(self, name) > 0):
                 raise InputError(f"{name} must be positive; got {getattr(self, name)}.")
+        _between("--warmup-ratio", self.warmup_ratio, 0, 1)
+        if not (_finite(self.weight_decay) and self.weight_decay >= 0):
+            raise InputError(f"--weight-decay must be zero or positive; got {self.weight_decay}.")
+        if not self.label_delimiter:
+            raise InputError("--label-delimiter must not be empty.")
         if self.labels is not None and len(set(self.labels)) < 2:
             raise InputError(f"--labels must name at least two distinct labels; got {list(self.labels)}.")
 
@@ -115,6 +132,11 @@ class ExportConfig:
         check_choice("--quantize-preset", self.quantize_preset, QuantizePreset)
         if self.calibration_rows < 1:
             raise InputError(f"--calibration-rows must be at least 1; got {self.calibration_rows}.")
+        for name in ("max_fp32_delta", "max_f1_drop", "max_fp16_delta"):
+            if not (_finite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise InputError(f"{name} must be zero or positive; got {getattr(self, name)}.")
+        for name in ("min_ood_agreement", "min_unlabeled_agreement"):
+            _between(name, getattr(self, name), 0, 1)
 
 
 @dataclass(frozen=True)
@@ -134,7 +156,7 @@ class ScoreConfig:
     probs: bool = False
     top_k: int | None = None
     logits: bool = False
-    threshold: float = 0.5  # multi-label
+    threshold: float | None = None  # multi-label decision threshold; None = DEFAULT_THRESHOLD
     long_text: LongText = "truncate"
     stride: int = 64
     aggregate: Aggregate = "mean"  # window mode
@@ -155,6 +177,11 @@ class ScoreConfig:
     # "tokenizers" = always the tokenizers library.
     tokenizer_backend: TokenizerBackend = "auto"
     rejects: str | None = None  # rejected rows' file for file and stdout outputs (default: OUT.rejects.csv)
+
+    @property
+    def decision_threshold(self) -> float:
+        """The multi-label decision threshold: --threshold, else 0.5."""
+        return DEFAULT_THRESHOLD if self.threshold is None else self.threshold
 
     @property
     def partition_type_map(self) -> dict[str, str]:
@@ -188,3 +215,20 @@ class ScoreConfig:
             raise InputError("--partition-by needs at least one column name.")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be at least 1; got {self.threads}.")
+        self._check_lengths()
+        if self.threshold is not None and not (_finite(self.threshold) and 0 < self.threshold < 1):
+            raise InputError(f"--threshold must be a probability strictly between 0 and 1 (0 would choose every "
+                             f"label, 1 none); got {self.threshold}.")
+        for name, columns in (("--keep", self.keep), ("--partition-by", self.partition_by)):
+            duplicates = sorted({c for c in columns or () if list(columns).count(c) > 1})
+            if duplicates:
+                raise InputError(f"{name} names {duplicates} more than once; list each column once.")
+
+    def _check_lengths(self) -> None:
+        """What can be checked without the model; the Scorer checks the rest against its template and
+        position limit (score.check_lengths)."""
+        if self.max_length is not None and (isinstance(self.max_length, bool) or self.max_length < 1):
+            raise InputError(f"--max-length must be at least the model's special tokens + 1 (3 for BERT's "
+                             f"[CLS] text [SEP]); got {self.max_length}. Leave it out for the model's maximum.")
+        if isinstance(self.stride, bool) or self.stride < 0:
+            raise InputError(f"--stride must be 0 or more tokens shared by consecutive windows; got {self.stride}.")

@@ -230,6 +230,7 @@ def fingerprint(files: list[Path], model_files: dict[str, str], graph: str, prov
         options[key] = list(options[key]) if options[key] is not None else None
     options["output_format"] = fmt
     options["max_length"] = max_length  # resolved: the model's when not given
+    options["threshold"] = config.decision_threshold  # resolved: 0.5 when not given
     inputs = [f.identity() for f in files]  # path or URI, size, mtime, sha256 of the bytes (source.InputFile)
     return {"inputs": inputs, "model_files": model_files, "graph": graph, "provider": provider, "options": options}
 

@@ -47,7 +47,9 @@ def read_manifest(model_dir: str | Path) -> dict:
     path = Path(model_dir) / MANIFEST
     if not path.exists():
         return {}
-    return json.loads(path.read_text())
+    from .modeldir import read_json_object
+
+    return read_json_object(path)
 
 
 def update_manifest(model_dir: str | Path, **sections) -> dict:

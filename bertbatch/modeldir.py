@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ModelError
-from .manifest import read_manifest, sha256_file
+from .manifest import MANIFEST, read_manifest, sha256_file
 from .runtime import CUDA
 
 GRAPH_FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model_int8.onnx", "fp16": "onnx/model_fp16.onnx",
@@ -29,26 +29,39 @@ class ModelDir:
 
     @classmethod
     def open(cls, path: str | Path) -> "ModelDir":
+        """Open and validate a model directory as a whole: its JSON files parse, types are right, labels unique.
+
+        Every problem is a ModelError (exit 3) naming the file and, where there is one, the key. tokenizer.json
+        (hundreds of kB) is checked where it is loaded, `tokenizer()`, which the Scorer calls before the graph."""
         path = Path(path)
         config_file = path / "config.json"
-        if not config_file.exists():
+        if not config_file.is_file():
             raise ModelError(f"{path} is not a model directory: config.json is missing.")
-        config = json.loads(config_file.read_text())
-        id2label = config.get("id2label") or {}
-        labels = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
-        if not labels:
-            raise ModelError(f"{config_file} has no id2label: the model's label names are unknown.")
+        config = read_json_object(config_file)
+        labels = _labels(config, config_file)
         manifest = read_manifest(path)
-        max_length = manifest.get("max_length") or _tokenizer_max_length(path) or config.get("max_position_embeddings", 512)
+        _check_manifest(manifest, path / MANIFEST)
+        positions = config.get("max_position_embeddings")
+        if positions is not None and not _positive_int(positions):
+            raise ModelError(f"{config_file}: max_position_embeddings must be a positive integer; got {positions!r}.")
+        max_length = manifest.get("max_length") or _tokenizer_max_length(path) or positions or 512
+        if config.get("problem_type") not in (None, "single_label_classification", "multi_label_classification"):
+            raise ModelError(f"{config_file}: problem_type must be single_label_classification or "
+                             f"multi_label_classification; got {config.get('problem_type')!r}.")
         return cls(
             path=path,
             labels=labels,
             multi_label=config.get("problem_type") == "multi_label_classification",
-            max_length=int(min(max_length, config.get("max_position_embeddings", max_length))),
-            name=manifest.get("name", path.name),
+            max_length=int(min(max_length, positions or max_length)),
+            name=str(manifest.get("name", path.name)),
             manifest=manifest,
             config=config,
         )
+
+    @property
+    def position_limit(self) -> int:
+        """The most tokens one segment may hold: the model's position embeddings (512 when not recorded)."""
+        return int(self.config.get("max_position_embeddings") or 512)
 
     def graph_path(self, graph: str | None, provider: str) -> Path | None:
         """The .onnx file to run: explicit name/path, else `default_graph`.
@@ -59,7 +72,7 @@ class ModelDir:
             chosen = Path(graph) if Path(graph).is_absolute() else self.path / graph
             if not chosen.exists():
                 raise ModelError(f"Graph {chosen} does not exist.")
-            return chosen
+            return _graph_file(chosen)
         if graph == "torch":
             return None
         if graph:
@@ -68,9 +81,9 @@ class ModelDir:
             chosen = self.path / GRAPH_FILES[graph]
             if not chosen.exists():
                 raise ModelError(f"{chosen} does not exist; run `bertbatch export {self.path}` (see --help).")
-            return chosen
+            return _graph_file(chosen)
         key, _ = self.default_graph(provider)
-        return None if key is None else self.path / GRAPH_FILES[key]
+        return None if key is None else _graph_file(self.path / GRAPH_FILES[key])
 
     def default_graph(self, provider: str) -> tuple[str | None, str]:
         """The graph `score` runs when neither --graph nor a tune record says otherwise, and why: fp16 then fp32
@@ -114,16 +127,80 @@ class ModelDir:
                 f"{self.path} has no tokenizer.json (fast tokenizer). Re-save the tokenizer with transformers "
                 "(AutoTokenizer.from_pretrained(dir).save_pretrained(dir)) to create it."
             )
-        tok = Tokenizer.from_file(str(file))
+        try:
+            tok = Tokenizer.from_file(str(file))
+        except Exception as exc:  # noqa: BLE001 - the tokenizers library raises a bare Exception on a bad file
+            raise ModelError(f"{file}: not a tokenizer the tokenizers library can load ({str(exc)[:200]}). "
+                             "Re-save the tokenizer with transformers.") from None
         tok.no_padding()
         tok.enable_truncation(max_length or self.max_length, stride=stride)
         return tok
 
 
+def read_json_object(file: Path) -> dict:
+    """A model file's JSON object; unreadable, truncated or not an object is a ModelError naming the file."""
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"{file} is not valid JSON ({exc}); restore it from the model's source or re-run the "
+                         "stage that wrote it.") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{file} must hold a JSON object; got {type(value).__name__}.")
+    return value
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _labels(config: dict, config_file: Path) -> list[str]:
+    """Label names in class order from id2label: keys the integers 0..n-1, names non-empty and unique."""
+    id2label = config.get("id2label")
+    if not id2label:
+        raise ModelError(f"{config_file} has no id2label: the model's label names are unknown.")
+    if not isinstance(id2label, dict):
+        raise ModelError(f"{config_file}: id2label must map class ids to names; got {type(id2label).__name__}.")
+    try:
+        ids = {int(k): v for k, v in id2label.items()}
+    except ValueError:
+        raise ModelError(f"{config_file}: id2label keys must be the integers 0..{len(id2label) - 1}; "
+                         f"got {sorted(id2label)}.") from None
+    if sorted(ids) != list(range(len(ids))):
+        raise ModelError(f"{config_file}: id2label keys must be the integers 0..{len(ids) - 1}; got {sorted(ids)}.")
+    labels = [ids[i] for i in range(len(ids))]
+    if not all(isinstance(name, str) and name for name in labels):
+        raise ModelError(f"{config_file}: id2label names must be non-empty strings; got {labels}.")
+    duplicates = sorted({name for name in labels if labels.count(name) > 1})
+    if duplicates:
+        raise ModelError(f"{config_file}: id2label names {duplicates} more than one class; each label needs its own "
+                         "name (their prob_ columns and labels would be indistinguishable).")
+    label2id = config.get("label2id")
+    if label2id is not None and label2id != {name: i for i, name in enumerate(labels)}:
+        raise ModelError(f"{config_file}: label2id {label2id} contradicts id2label {id2label}; make them agree.")
+    return labels
+
+
+def _check_manifest(manifest: dict, file: Path) -> None:
+    """The bertbatch.json fields open() reads have their types."""
+    value = manifest.get("max_length")
+    if value is not None and not _positive_int(value):
+        raise ModelError(f"{file}: max_length must be a positive integer; got {value!r}.")
+    for key in ("graphs", "export", "tune"):
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise ModelError(f"{file}: {key} must be a JSON object; got {type(manifest[key]).__name__}.")
+
+
+def _graph_file(chosen: Path) -> Path:
+    if not chosen.is_file():
+        raise ModelError(f"Graph {chosen} is not a file (a directory stands there); point --graph at an .onnx "
+                         "file or re-export the model.")
+    return chosen
+
+
 def _tokenizer_max_length(path: Path) -> int | None:
     file = path / "tokenizer_config.json"
     if file.exists():
-        value = json.loads(file.read_text()).get("model_max_length")
+        value = read_json_object(file).get("model_max_length")
         if isinstance(value, int) and 0 < value < 100_000:
             return value
     return None

@@ -14,7 +14,7 @@ import threading
 from dataclasses import replace
 
 from .config import ScoreConfig
-from .plan import file_windows, plan_job, run_plan
+from .plan import binary_as_text, file_windows, plan_job, run_plan
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,9 @@ def _scored(plan, job, rejects, stop, threads):
     columns = config.read_columns(keep)
 
     def tokenized():
-        for index, chunk, batch in file_windows(plan.files, columns, config, rejects, job):
+        as_text = binary_as_text(plan.kept_schema, plan.fmt, config)
+        for index, chunk, batch in file_windows(plan.files, columns, config, rejects, job, schema=plan.kept_schema,
+                                                as_text=as_text):
             if batch is None:
                 yield index, chunk, None, None
                 continue

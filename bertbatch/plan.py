@@ -20,7 +20,7 @@ from .config import ScoreConfig
 from .errors import InputError, ModelError
 from .job import Job, fingerprint, model_files_digest
 from .sink import OutputLayout, Writer, output_format, refuse_existing, refuse_input_overlap
-from .source import Rejects, check_inputs, expand_inputs, input_is_directory, read_batches, total_rows
+from .source import Rejects, check_inputs, expand_inputs, file_format, input_is_directory, read_batches, total_rows
 from .storage import is_uri, local_file_path, local_model_dir
 from .summary import make_summary
 
@@ -74,6 +74,12 @@ def plan_job(inputs, output, model_dir, config: ScoreConfig, runner=None, engine
                           input_dirs=_input_dirs(inputs), reject_mode=config.on_bad_rows == "reject")
     return JobPlan(config, files, keep, kept_schema, scorer, layout.format, metadata, model_files, layout, engine,
                    started)
+
+
+def binary_as_text(kept_schema: pa.Schema, fmt: str, config: ScoreConfig) -> tuple[str, ...]:
+    """Kept binary columns the output must hold as text: every one in CSV/JSONL, partition keys in any format."""
+    binary = [f.name for f in kept_schema if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type)]
+    return tuple(name for name in binary if fmt != "parquet" or name in (config.partition_by or ()))
 
 
 def _input_dirs(inputs) -> list[Path]:
@@ -179,10 +185,12 @@ def _combine(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
 
 
-def file_windows(files, columns: list[str], config: ScoreConfig, rejects, job: Job | None, only: int | None = None):
+def file_windows(files, columns: list[str], config: ScoreConfig, rejects, job: Job | None, only: int | None = None,
+                 schema: pa.Schema | None = None, as_text: tuple[str, ...] = ()):
     """(file index, chunk, batch) windows of the input files in order, skipping the rows a resumed job has
     committed; after each file (file index, None, None), so the writer can close the file's last part.
-    `only`: that file alone (a distributed read task)."""
+    `only`: that file alone (a distributed read task). Columns `schema` (the inputs' unified kept schema) names
+    are cast to its types; `as_text` binary columns are decoded as UTF-8 (see binary_as_text)."""
     for index, path in enumerate(files):
         if (only is not None and index != only) or (job and job.file_done(index)):
             continue
@@ -194,10 +202,10 @@ def file_windows(files, columns: list[str], config: ScoreConfig, rejects, job: J
                 seen[0] += batch.num_rows
                 yield batch
 
-        for chunk, batch in windows(counted(read_batches(path, columns, config.window_rows, rejects)),
+        for chunk, batch in windows(counted(read_batches(path, columns, config.window_rows, rejects, schema, as_text)),
                                     config.window_rows, config.rows_per_part, skip):
             yield index, chunk, batch
-        if seen[0] == 0 and rejects is None:
+        if seen[0] == 0 and rejects is None and file_format(path) != "parquet":  # empty Parquet: check_inputs
             raise InputError(f"{path} has no data rows (empty or header only). Remove it or use --on-bad-rows reject.")
         yield index, None, None
 

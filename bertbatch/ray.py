@@ -365,13 +365,14 @@ def _move(ray, plan, job: RayJob, resumed, actors: int | None):
     """(file index, chunk, labeled batch, counts) in input order, from read tasks through the actor pool."""
     from ray.data import DataContext
 
-    from .plan import BatchCounts
+    from .plan import BatchCounts, binary_as_text
 
     DataContext.get_current().execution_options.preserve_order = True  # parts are (file, chunk): input order
     job = replace(job, keep=tuple(plan.keep), config=replace(job.config, keep=tuple(plan.keep)))
     columns = plan.config.read_columns(plan.keep)
     progress = _Progress.of(resumed, len(plan.files))
-    source = _InputFiles(plan.files, columns, plan.config, progress)
+    source = _InputFiles(plan.files, columns, plan.config, progress, plan.kept_schema,
+                         binary_as_text(plan.kept_schema, plan.fmt, plan.config))
     dataset = ray.data.read_datasource(source, override_num_blocks=max(1, len(plan.files)),
                                        num_cpus=0)  # reading is light; the CPUs go to the Scorers
     ends = [i for i in range(len(plan.files)) if not progress.file_done(i)]  # files still to close, in order
@@ -457,9 +458,10 @@ class _InputFiles(_Datasource):
     """A Ray Datasource over the plan's files: one read task per file, reading with bertbatch's readers and
     windows (plan.file_windows), each window tagged with its file and part."""
 
-    def __init__(self, files, columns, config, progress):
+    def __init__(self, files, columns, config, progress, schema, as_text):
         super().__init__()
         self.files, self.columns, self.config, self.progress = files, columns, config, progress
+        self.schema, self.as_text = schema, as_text
 
     def get_name(self) -> str:
         return "bertbatch"
@@ -476,15 +478,16 @@ class _InputFiles(_Datasource):
             if self.progress.file_done(index):
                 continue
             meta = BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=[str(path)])
-            tasks.append(ReadTask(_read_file(self.files, self.columns, self.config, self.progress, index), meta))
+            tasks.append(ReadTask(_read_file(self.files, self.columns, self.config, self.progress, index, self.schema, self.as_text), meta))
         return tasks
 
 
-def _read_file(files, columns, config, progress, index):
+def _read_file(files, columns, config, progress, index, schema, as_text):
     def read():
         from .plan import file_windows
 
-        for file_index, chunk, batch in file_windows(files, columns, config, None, progress, only=index):
+        for file_index, chunk, batch in file_windows(files, columns, config, None, progress, only=index,
+                                                     schema=schema, as_text=as_text):
             if batch is None:
                 continue
             n = batch.num_rows

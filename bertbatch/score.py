@@ -64,6 +64,12 @@ class Scorer:
 
         self.config = config = replace(config or ScoreConfig(), **overrides)
         self.model = ModelDir.open(model_dir)
+        # options checked against the model before its graph is loaded: nothing impossible reaches a kernel
+        check_model_options(self.model, config)
+        self.max_length = min(config.max_length or self.model.max_length, self.model.max_length)
+        window = config.long_text == "window"
+        self.tokenizer = self.model.tokenizer(self.max_length, stride=config.stride if window else 0)
+        check_lengths(self.tokenizer, self.max_length, config)
         settings = None
         if runner is None:
             provider = resolve_provider(config.provider)
@@ -81,11 +87,6 @@ class Scorer:
         # the pre-Protocol name kept for callers that read it: the graph's path, "torch", or "custom" for a
         # runner the caller built that runs no file (new code reads graph_file)
         self.graph = runner.graph or ("torch" if isinstance(runner, TorchRunner) else "custom")
-        self.max_length = min(config.max_length or self.model.max_length, self.model.max_length)
-        window = config.long_text == "window"
-        if window and config.stride >= self.max_length - 2:
-            raise InputError(f"--stride {config.stride} must be smaller than the max length {self.max_length} minus 2.")
-        self.tokenizer = self.model.tokenizer(self.max_length, stride=config.stride if window else 0)
         on_gpu = runner.provider == CUDA
         self.buckets = GPU_BUCKETS if on_gpu else None
         default_tokens, default_rows = DEFAULT_BUDGET["cuda" if on_gpu else "cpu"]
@@ -294,6 +295,32 @@ def _has_lone_surrogate(text: str) -> bool:
     return False
 
 
+def check_model_options(model: ModelDir, config: ScoreConfig) -> None:
+    """Options that only make sense for some models: --threshold for multi-label ones, --max-length within the
+    position embeddings."""
+    if config.threshold is not None and not model.multi_label:
+        raise InputError(f"--threshold is the multi-label decision threshold, but {model.path} is a single-label "
+                         "model (each row gets its most probable label). Leave --threshold out.")
+    if config.max_length is not None and config.max_length > model.position_limit:
+        raise InputError(f"--max-length {config.max_length} is above {model.path}'s position limit of "
+                         f"{model.position_limit} tokens (config.json max_position_embeddings); use at most that.")
+
+
+def check_lengths(tokenizer, max_length: int, config: ScoreConfig) -> None:
+    """A segment of `max_length` tokens leaves room for text after the template's special tokens (a pair: one
+    token of each text), and in window mode --stride is smaller than that room, so windows advance."""
+    pair = config.text_pair_column is not None
+    specials = tokenizer.num_special_tokens_to_add(pair)
+    minimum = specials + (2 if pair else 1)
+    if max_length < minimum:
+        raise InputError(f"--max-length {max_length} leaves no room for text: the model's template adds {specials} "
+                         f"special tokens{' to a pair' if pair else ''}, so the minimum is {minimum}.")
+    room = max_length - specials
+    if config.long_text == "window" and config.stride >= room:
+        raise InputError(f"--stride {config.stride} must be smaller than the {room} text tokens of a window "
+                         f"(--max-length {max_length} minus {specials} special tokens), or windows cannot advance.")
+
+
 def check_consistency(model: ModelDir, tokenizer, runner) -> None:
     """Refuse at start a model whose parts disagree, rather than mislabel rows later."""
     rows = model.config.get("vocab_size")
@@ -337,7 +364,7 @@ def result_columns(result: Result, labels: list[str], multi_label: bool, config:
     columns: dict[str, pa.Array] = {}
     names = pa.array(labels, pa.string())
     if multi_label:
-        chosen = (probs >= config.threshold) & ok[:, None]
+        chosen = (probs >= config.decision_threshold) & ok[:, None]
         _, label_index = np.nonzero(chosen)  # row by row, labels in their order
         columns["labels"] = _lists(chosen.sum(axis=1), names.take(label_index), ok)
     else:

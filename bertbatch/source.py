@@ -7,13 +7,19 @@ CSV columns are read as strings, exactly as written (no type inference, no null 
 
 from __future__ import annotations
 
+import codecs
 import fnmatch
 import glob as globlib
+import io
+import re
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import csv
 
@@ -259,19 +265,95 @@ def csv_options(path: Path, column_names: list[str] | None = None, invalid_row_h
     return read, parse, convert
 
 
+class _RowHandler:
+    """An `invalid_row_handler` that also learns of the ragged rows pyarrow could not hand it: pyarrow decodes a
+    ragged row's text as UTF-8 before calling the handler, and when that fails (a ragged row with Latin-1 bytes,
+    say) it reports the UnicodeDecodeError through `sys.unraisablehook` and stops with a parse error instead.
+    While pyarrow parses (see _blocks), such errors are kept here, off stderr, so the reader can name the row."""
+
+    def __init__(self, on_row):
+        self.on_row = on_row
+        self.undecodable: list[UnicodeDecodeError] = []
+
+    def __call__(self, row):
+        return self.on_row(row)
+
+
+@contextmanager
+def _undecodable_rows_to(handler: _RowHandler):
+    """Route the UnicodeDecodeErrors pyarrow reports for `handler` to it; everything else to the hook in place."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if unraisable.object is handler and isinstance(unraisable.exc_value, UnicodeDecodeError):
+            handler.undecodable.append(unraisable.exc_value)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
+def _blocks(source, read, parse, convert, handler: _RowHandler):
+    """pyarrow's CSV record batches, with `handler` told of the rows pyarrow could not decode for it."""
+    with _undecodable_rows_to(handler):
+        reader = csv.open_csv(source, read_options=read, parse_options=parse, convert_options=convert)
+    with reader:
+        while True:
+            with _undecodable_rows_to(handler):
+                try:
+                    block = reader.read_next_batch()
+                except StopIteration:
+                    return
+            yield block
+
+
+_ROW_NUMBER = re.compile(r"Row #(\d+): Expected (\d+) columns, got (\d+)")
+
+
+def _undecodable_ragged_row(path, exc: pa.ArrowInvalid, handler: _RowHandler) -> InputError | None:
+    """The message for a parse error caused by a ragged row that is not UTF-8 (see _RowHandler), else None."""
+    found = _ROW_NUMBER.search(str(exc))
+    if not handler.undecodable or not found:
+        return None
+    record, expected, actual = found.groups()
+    return InputError(f"{path}, record {record}: a ragged row (expected {expected} columns, found {actual}) that "
+                      "is also not valid UTF-8. Re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8) and fix or remove "
+                      "the row, or use --on-bad-rows reject.")
+
+
 def csv_header(path: Path) -> list[str]:
     """Column names of a CSV file (compression detected from the suffix)."""
     # rows are not this function's business: skip malformed ones so the real reader reports them by line
-    read, parse, convert = csv_options(path, block_size=1 << 16, invalid_row_handler=lambda row: "skip")
+    handler = _RowHandler(lambda row: "skip")
+    read, parse, convert = csv_options(path, block_size=1 << 16, invalid_row_handler=handler)
     try:
-        with csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=convert) as reader:
+        with _undecodable_rows_to(handler), csv.open_csv(_stream(path), read_options=read, parse_options=parse,
+                                                          convert_options=convert) as reader:
             return reader.schema.names
     except pa.ArrowInvalid as exc:
         if "Empty CSV file" in str(exc):
             raise InputError(f"{path} is empty: no header and no rows.") from None
+        if handler.undecodable:
+            return _header_alone(path)
         raise InputError(f"{path}: cannot read the CSV header: {exc}") from None
     except (OSError, EOFError) as exc:  # truncated gzip and other I/O failures
         raise InputError(f"{path}: cannot read: {exc}") from None
+
+
+def _header_alone(path: Path) -> list[str]:
+    """The header when a row of the first block stops pyarrow (a ragged row that is not UTF-8): the rows are
+    skipped unparsed (slower, so only then); the reader proper reports the row."""
+    read, parse, convert = csv_options(path, block_size=1 << 16)
+    read.skip_rows_after_names = (1 << 31) - 1  # pyarrow takes an int32
+    try:
+        with csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=convert) as reader:
+            return reader.schema.names
+    except (pa.ArrowInvalid, OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read the CSV header: {exc}") from None
 
 
 def read_whole_table(inputs, columns: list[str] | None = None) -> pa.Table:
@@ -343,37 +425,148 @@ def input_schema(path: InputFile | Path) -> pa.Schema:
     return schema
 
 
-def read_batches(path: InputFile | Path, columns: list[str], rows: int, rejects: Rejects | None = None):
-    """Record batches of at most `rows` rows with `columns`, in file order; partition columns filled in.
+def read_batches(path: InputFile | Path, columns: list[str], rows: int, rejects: Rejects | None = None,
+                 schema: pa.Schema | None = None, as_text: tuple[str, ...] = ()):
+    """Record batches of at most `rows` rows with `columns`, in file order; partition columns filled in;
+    dictionary-encoded columns decoded, and columns `schema` names cast to its (unified) types.
 
     CSV is read as bytes and then checked as UTF-8, so a bad row is reported with its row number
-    (or sent to `rejects`). Ragged CSV rows likewise. Errors name the file and the row.
+    (or sent to `rejects`); Parquet strings are checked as UTF-8 too, and so are the binary columns `as_text`
+    names (those a CSV/JSONL output or a partition directory must hold as text). Ragged CSV rows likewise. Errors
+    name the file and the row.
     """
     partitions = path.partition_values() if isinstance(path, InputFile) else {}
     stored = [c for c in columns if c not in partitions]
     if file_format(path) == "parquet":
-        batches = _parquet_batches(path, stored, rows)
+        batches = _parquet_batches(path, stored, rows, rejects, as_text)
     else:
         batches = _csv_batches(path, stored, rows, rejects)
-    if not partitions:
-        yield from batches
-        return
     for batch in batches:
         arrays = [pa.repeat(partitions[c], batch.num_rows) if c in partitions else batch.column(c) for c in columns]
-        yield pa.RecordBatch.from_arrays(arrays, names=columns)
+        yield pa.RecordBatch.from_arrays([_conform(a, c, schema) for a, c in zip(arrays, columns)], names=columns)
 
 
-def _parquet_batches(path, columns, rows):
+def _conform(array: pa.Array, name: str, schema: pa.Schema | None) -> pa.Array:
+    """A column as the output holds it: dictionaries decoded to their values, then the unified type."""
+    if pa.types.is_dictionary(array.type):
+        array = array.dictionary_decode()
+    if schema is not None and name in schema.names and array.type != schema.field(name).type:
+        array = array.cast(schema.field(name).type)
+    return array
+
+
+def _parquet_batches(path, columns, rows, rejects=None, as_text=()):
     try:
         reader = pq.ParquetFile(_random(path))
+        first = 0  # row number of the batch's first row, counting from 1 less one
         for batch in reader.iter_batches(batch_size=rows, columns=columns):
-            yield batch
+            yield _valid_utf8(path, batch, first, rejects, as_text)
+            first += batch.num_rows
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{path}: cannot read Parquet ({exc}).") from None
 
 
+def _string_columns(batch: pa.RecordBatch, as_text=()) -> list[int]:
+    def textual(kind):
+        return pa.types.is_string(kind) or pa.types.is_large_string(kind) or (
+            pa.types.is_dictionary(kind) and textual(kind.value_type))
+    return [i for i, field in enumerate(batch.schema) if textual(field.type) or field.name in as_text]
+
+
+def _valid_utf8(path, batch: pa.RecordBatch, first: int, rejects: Rejects | None, as_text=()) -> pa.RecordBatch:
+    """Parquet's reader does not check that string columns hold UTF-8: check them (Arrow's validator, fast),
+    and name the first bad row and column (`row N`, counting the file's rows from 1) or reject the bad rows."""
+    bad: dict[int, str] = {}
+    for i in _string_columns(batch, as_text):
+        column = batch.column(i)
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        if pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type):
+            text = pa.large_string() if pa.types.is_large_binary(column.type) else pa.string()
+            column = pa.Array.from_buffers(text, len(column), column.buffers(), column.null_count, column.offset)
+        try:
+            column.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        raw = column.view(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary())
+        for row, value in enumerate(raw.to_pylist()):
+            if value is not None and not _is_utf8(value):
+                bad.setdefault(row, batch.schema.names[i])
+    if not bad:
+        return batch
+    if rejects is None:
+        row, column = min(bad.items())
+        if column in as_text:
+            raise InputError(f"{path}, row {first + row + 1}, column '{column}': binary that is not UTF-8 cannot be "
+                             "written as text (a CSV/JSONL cell or a --partition-by directory). Write Parquet, leave "
+                             "the column out with --keep, or use --on-bad-rows reject.")
+        raise InputError(f"{path}, row {first + row + 1}, column '{column}': invalid UTF-8 in a string column. "
+                         "Rewrite the file with valid UTF-8 strings (or the column as binary, left out with --keep), "
+                         "or use --on-bad-rows reject.")
+    for row, column in sorted(bad.items()):
+        rejects.add(path, f"row {first + row + 1}", f"invalid UTF-8 in column '{column}'", "")
+    return batch.filter(pa.array([i not in bad for i in range(batch.num_rows)]))
+
+
+def _is_utf8(value: bytes) -> bool:
+    try:
+        value.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 class _BlockTooSmall(Exception):
     pass
+
+
+class _UndecodableRaggedRow(Exception):
+    """Reject mode met a ragged row that is not UTF-8 (see _RowHandler): read again through _Utf8Sentinels."""
+
+
+# Each byte of a sequence that is not UTF-8 becomes one of these code points (plane 16, private use) in the
+# stream pyarrow parses, so every row reaches bertbatch's handlers; rows holding them are then rejected.
+SENTINEL_BASE = 0x10FF00
+_SENTINELS = "[\U0010FF00-\U0010FFFF]"
+
+
+def _to_sentinels(error: UnicodeDecodeError):
+    return "".join(chr(SENTINEL_BASE + b) for b in error.object[error.start:error.end]), error.end
+
+
+codecs.register_error("bertbatch-sentinels", _to_sentinels)
+
+
+class _Utf8Sentinels(io.RawIOBase):
+    """The (decompressed) bytes of a CSV file with every invalid UTF-8 byte replaced by a sentinel code point.
+    Quotes, delimiters and newlines are untouched, so records and their numbers are the file's own."""
+
+    def __init__(self, path):
+        self.source = path.open_stream() if isinstance(path, InputFile) and path.remote is not None else \
+            pa.input_stream(str(path), compression="detect")
+        self.decoder = codecs.getincrementaldecoder("utf-8")("bertbatch-sentinels")
+        self.pending, self.finished = b"", False
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        while not self.pending and not self.finished:
+            chunk = self.source.read(1 << 20)
+            self.finished = not chunk
+            self.pending = self.decoder.decode(chunk, self.finished).encode("utf-8")
+        size = min(len(buffer), len(self.pending))
+        buffer[:size], self.pending = self.pending[:size], self.pending[size:]
+        return size
+
+    def close(self):
+        self.source.close()
+        super().close()
+
+
+def _unsentinel(text: str) -> str:
+    return re.sub(_SENTINELS, "\ufffd", text)
 
 
 def _csv_batches(path, columns, rows, rejects):
@@ -381,10 +574,13 @@ def _csv_batches(path, columns, rows, rejects):
     a 4x larger block, skipping the rows already handed out; the rows, their order and identities are the
     same whatever the block size."""
     block_size, done = CSV_BLOCK, [0]  # done[0]: well-formed data rows already handed out (or rejected)
+    sentinels = False
     while True:
         try:
-            yield from _csv_pass(path, columns, rows, rejects, block_size, done)
+            yield from _csv_pass(path, columns, rows, rejects, block_size, done, sentinels)
             return
+        except _UndecodableRaggedRow:
+            sentinels = True
         except _BlockTooSmall:
             if block_size >= CSV_MAX_BLOCK:
                 raise InputError(f"{path}, after data row {done[0]}: a row larger than {CSV_MAX_BLOCK >> 20} MiB "
@@ -392,7 +588,7 @@ def _csv_batches(path, columns, rows, rejects):
             block_size *= 4
 
 
-def _csv_pass(path, columns, rows, rejects, block_size, done):
+def _csv_pass(path, columns, rows, rejects, block_size, done, sentinels=False):
     ragged: list = []
     ragged_records: list[int] = []  # record numbers of the ragged rows met in this pass, increasing
 
@@ -404,35 +600,60 @@ def _csv_pass(path, columns, rows, rejects, block_size, done):
         if rejects is None:
             ragged.append((where, reason, row.text))
             return "error"
-        rejects.add(path, where, reason, row.text)
+        rejects.add(path, where, reason, _unsentinel(row.text) if sentinels else row.text)
         return "skip"
 
     header = csv_header(path)
-    read, parse, convert = csv_options(path, None, on_invalid_row, block_size)
+    handler = _RowHandler(on_invalid_row)
+    read, parse, convert = csv_options(path, None, handler, block_size)
     convert.column_types = {name: pa.binary() for name in header}
     convert.include_columns = columns
     seen = 0  # well-formed data rows parsed in this pass
     try:
-        with csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=convert) as reader:
-            for block in reader:
-                start, seen = seen, seen + block.num_rows
-                if seen <= done[0]:
-                    continue  # handed out by an earlier pass
-                if start < done[0]:
-                    block, start = block.slice(done[0] - start), done[0]
-                block = _decode_utf8(path, block, lambda i, start=start: _record(start + i + 1, ragged_records), rejects)
-                done[0] = seen
-                for first in range(0, block.num_rows, rows):
-                    yield block.slice(first, rows)
+        source = io.BufferedReader(_Utf8Sentinels(path), 1 << 20) if sentinels else _stream(path)
+        for block in _blocks(source, read, parse, convert, handler):
+            start, seen = seen, seen + block.num_rows
+            if seen <= done[0]:
+                continue  # handed out by an earlier pass
+            if start < done[0]:
+                block, start = block.slice(done[0] - start), done[0]
+            record_of = lambda i, start=start: _record(start + i + 1, ragged_records)  # noqa: E731
+            block = _decode_utf8(path, block, record_of, rejects)
+            if sentinels:
+                block = _reject_sentinels(path, block, record_of, rejects)
+            done[0] = seen
+            for first in range(0, block.num_rows, rows):
+                yield block.slice(first, rows)
     except pa.ArrowInvalid as exc:
         if ragged:
             where, reason, text = ragged[0]
             raise InputError(f"{path}, {where}: {reason}: {text[:200]!r}. Fix the row or use --on-bad-rows reject.") from None
+        undecodable = _undecodable_ragged_row(path, exc, handler)
+        if undecodable is not None and rejects is not None and not sentinels:
+            raise _UndecodableRaggedRow() from None
+        if undecodable is not None:
+            raise undecodable from None
         if "straddling object" in str(exc):
             raise _BlockTooSmall() from None
-        raise InputError(f"{path}: cannot read CSV after {done[0]} data rows: {exc}") from None
+        found = re.search(r"Row #(\d+)", str(exc))
+        where = f"record {found.group(1)}" if found else f"after {done[0]} data rows"
+        raise InputError(f"{path}: cannot read CSV at {where}: {exc}") from None
     except (OSError, EOFError) as exc:  # truncated gzip, I/O errors
         raise InputError(f"{path}: read failed after {done[0]} data rows: {exc}") from None
+
+
+def _reject_sentinels(path, block: pa.RecordBatch, record_of, rejects: Rejects) -> pa.RecordBatch:
+    """In a read through _Utf8Sentinels: reject the rows whose cells held bytes that are not UTF-8."""
+    bad: dict[int, str] = {}
+    for name, column in zip(block.schema.names, block.columns):
+        for i in pc.indices_nonzero(pc.match_substring_regex(column, _SENTINELS)).to_pylist():
+            bad.setdefault(i, name)
+    if not bad:
+        return block
+    for row, name in sorted(bad.items()):
+        raw = _unsentinel(block.column(block.schema.names.index(name))[row].as_py())
+        rejects.add(path, f"record {record_of(row)}", f"invalid UTF-8 in column '{name}'", raw)
+    return block.filter(pa.array([i not in bad for i in range(block.num_rows)]))
 
 
 def _record(ordinal: int, ragged_records: list[int]) -> int:
@@ -476,8 +697,13 @@ def _decode_utf8(path, block: pa.RecordBatch, record_of, rejects: Rejects | None
 # ------------------------------------------------------------------------------------------------ input checks
 def check_inputs(files: list[Path], config: ScoreConfig) -> tuple[list[str], pa.Schema]:
     """Check every input file before the first row is scored: readable header or footer, unique column names,
-    rows present (with --on-bad-rows error), text column present and textual, the same kept schema."""
-    reference = None
+    rows present (with --on-bad-rows error), text column present and textual, the same kept schema.
+
+    What warehouse writers differ in is not a difference (README, "Choices"): dictionary-encoded columns are read
+    as their values, `string` and `large_string` (or `binary` and `large_binary`) unify to the large type, and
+    nullability differences unify to nullable. A zero-row Parquet file (a writer's empty part) is accepted when
+    another input has rows."""
+    reference, empty = None, []
     for path in files:
         schema = input_schema(path)
         duplicates = sorted({name for name in schema.names if schema.names.count(name) > 1})
@@ -485,16 +711,50 @@ def check_inputs(files: list[Path], config: ScoreConfig) -> tuple[list[str], pa.
             raise InputError(f"{path} has duplicate column names {duplicates}; columns are {schema.names}. "
                              "Rename them so each column has one name.")
         if config.on_bad_rows == "error" and not has_rows(path):
-            raise InputError(f"{path} has no data rows (empty or header only). Remove it or use --on-bad-rows reject.")
+            if file_format(path) != "parquet":
+                raise InputError(f"{path} has no data rows (empty or header only). Remove it or use --on-bad-rows reject.")
+            empty.append(path)
         _, kept = check_schema(schema, config, str(path))
+        kept = _plain(kept)
         if reference is None:
             reference = (path, kept)
-        elif not kept.equals(reference[1]):
-            raise InputError(
-                f"Input files have different schemas: {reference[0]} has {reference[1].names} "
-                f"({[str(t) for t in reference[1].types]}), {path} has {kept.names} ({[str(t) for t in kept.types]})."
-            )
+        else:
+            reference = (reference[0], _unified(reference, path, kept))
+    if empty and len(empty) == len(files):
+        raise InputError(f"{empty[0]} has no data rows{' (nor has any other input)' if len(files) > 1 else ''}. "
+                         "Remove it or use --on-bad-rows reject.")
     return list(reference[1].names), reference[1]
+
+
+# types that hold the same values and unify to the second (Arrow writers choose one or the other)
+_SAME_VALUES = {pa.string(): pa.large_string(), pa.binary(): pa.large_binary()}
+
+
+def _plain(schema: pa.Schema) -> pa.Schema:
+    """Dictionary-encoded fields as their value type (what the readers hand out, see _conform)."""
+    return pa.schema([field.with_type(field.type.value_type) if pa.types.is_dictionary(field.type) else field
+                      for field in schema])
+
+
+def _unified(reference: tuple, path, kept: pa.Schema) -> pa.Schema:
+    """The reference schema extended by one more file's kept schema, or an InputError naming the differences."""
+    first, schema = reference
+    if kept.names != schema.names:
+        raise InputError(f"Input files have different schemas: {first} has columns {schema.names}, {path} has "
+                         f"{kept.names}.")
+    fields, differences = [], []
+    for a, b in zip(schema, kept):
+        nullable = a.nullable or b.nullable  # a column is non-null in the output only when it is in every file
+        if a.type == b.type:
+            fields.append(a.with_nullable(nullable))
+        elif _SAME_VALUES.get(a.type) == b.type or _SAME_VALUES.get(b.type) == a.type:
+            fields.append(a.with_type(_SAME_VALUES.get(a.type, a.type)).with_nullable(nullable))
+        else:
+            differences.append(f"'{a.name}' is {a.type} in {first} but {b.type} in {path}")
+    if differences:
+        raise InputError(f"Input files have different schemas: {'; '.join(differences)}. Cast the columns to one "
+                         "type, or leave them out with --keep.")
+    return pa.schema(fields)
 
 
 def check_schema(schema: pa.Schema, config: ScoreConfig, where: str) -> tuple[list[str], pa.Schema]:
@@ -504,6 +764,8 @@ def check_schema(schema: pa.Schema, config: ScoreConfig, where: str) -> tuple[li
         if column not in schema.names:
             raise InputError(f"Column '{column}' not found in {where}; columns are {schema.names}. Use --text-column NAME.")
         kind = schema.field(column).type
+        if pa.types.is_dictionary(kind):  # pandas categoricals: read as their values
+            kind = kind.value_type
         if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
             raise InputError(f"Column '{column}' in {where} has type {kind}; text must be strings.")
     keep = list(config.keep) if config.keep is not None else schema.names
@@ -527,14 +789,26 @@ def has_rows(path: Path) -> bool:
             return pq.ParquetFile(_random(path)).metadata.num_rows > 0
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"{path}: not a readable Parquet file ({exc}).") from None
-    read, parse, convert = csv_options(path, invalid_row_handler=lambda row: "skip", block_size=1 << 16)
+    ragged = []
+
+    def note_ragged(row):
+        ragged.append(row)
+        return "skip"
+
+    handler = _RowHandler(note_ragged)
+    read, parse, convert = csv_options(path, invalid_row_handler=handler, block_size=1 << 16)
     convert.column_types = {name: pa.binary() for name in csv_header(path)}
     try:
-        with csv.open_csv(_stream(path), read_options=read, parse_options=parse, convert_options=convert) as reader:
-            return any(batch.num_rows for batch in reader)
+        found = any(batch.num_rows for batch in _blocks(_stream(path), read, parse, convert, handler))
     except pa.ArrowInvalid as exc:
         if "straddling object" in str(exc):
             return True  # a row larger than this probe's block: there is a row
-        raise InputError(f"{path}: cannot read CSV: {exc}") from None
+        raise _undecodable_ragged_row(path, exc, handler) or InputError(f"{path}: cannot read CSV: {exc}") from None
     except (OSError, EOFError) as exc:
         raise InputError(f"{path}: cannot read: {exc}") from None
+    if not found and ragged:  # rows there are, but every one is ragged: say so, not "no data rows"
+        row = ragged[0]
+        raise InputError(f"{path}, record {row.number}: expected {row.expected_columns} columns, found "
+                         f"{row.actual_columns}, and so is every data row ({len(ragged)}): {row.text[:200]!r}. Check "
+                         "the delimiter and quoting, fix the rows, or use --on-bad-rows reject.")
+    return found

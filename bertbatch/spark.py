@@ -40,7 +40,7 @@ from .config import ScoreConfig
 from .errors import InputError, ModelError, require
 from .modeldir import ModelDir
 from .runtime import CPU, CUDA, available_providers, resolve_provider
-from .score import Scorer, output_schema
+from .score import Scorer, check_model_options, output_schema
 from .plan import check_directory_output, conserve
 from .shipping import (GRAPH_HASHED, ModelShipment,
                        by_value as _by_value, candidate_graphs as _candidate_graphs, executor_graph as _executor_graph,
@@ -204,6 +204,7 @@ def _score(df, model_dir, config: ScoreConfig, ship_model: bool | None, tally: b
     _check_columns(df, config)
     keep = list(config.keep) if config.keep is not None else list(df.columns)
     model = ModelDir.open(Path(model_dir).resolve())
+    check_model_options(model, config)  # on the driver, before any executor starts (as the local Scorer does)
     spark = df.sparkSession
     ship = not spark.sparkContext.master.startswith("local") if ship_model is None else ship_model
     graph = _executor_graph(model.path, config.graph, ship)

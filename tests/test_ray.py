@@ -22,7 +22,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from conftest import make_texts
+from helpers import make_texts
 from raycluster import RayCluster, free_port, loopback_name, ray_env
 
 import bertbatch

@@ -24,12 +24,6 @@ KILLED = -signal.SIGKILL
 
 
 @pytest.fixture
-def model(tiny_exported):
-    """The tiny exported model (tests/conftest.py): a real one, fast enough for every case."""
-    return tiny_exported
-
-
-@pytest.fixture
 def src(tmp_path):
     path = tmp_path / "in.parquet"
     pq.write_table(texts_table(300), path)
