@@ -23,7 +23,7 @@ def score_batches(source, model_dir: str | Path, config: ScoreConfig | None = No
 
     Batches are read, scored and handed on one window (`window_rows`) at a time, lazily, as the returned
     reader is consumed. `model_dir` may be a store URI (copied once to the local model cache)."""
-    from .score import Scorer, output_schema
+    from .score import Scorer
     from .source import check_schema
     from .storage import local_model_dir
 
@@ -31,7 +31,7 @@ def score_batches(source, model_dir: str | Path, config: ScoreConfig | None = No
     reader = as_reader(source)
     keep, kept = check_schema(reader.schema, config, "the source stream")
     scorer = Scorer(local_model_dir(model_dir, config.model_cache), config, runner=runner)
-    schema = output_schema(kept, scorer.model.labels, scorer.model.multi_label, config)
+    schema = scorer.output_schema(kept)
 
     def labeled():
         for window in windows(reader, config.window_rows):
