@@ -347,10 +347,12 @@ def check_embeddings(model: ModelDir, runner) -> int:
     (embedding.py) and a graph exported before bertbatch added the embedding output."""
     width = embedding_size(model.config)
     have = getattr(runner, "embedding_size", None)
+    if have is None and not runner.graph:
+        raise ModelError(f"The runner {type(runner).__name__} cannot return embeddings (no embedding_size); "
+                         "score without --embeddings.")
     if have is None:
-        what = runner.graph or type(runner).__name__
-        raise ModelError(f"{what} has no embedding output (exported before bertbatch added it); re-export with "
-                         f"`bertbatch export {model.path}`, or score without --embeddings.")
+        raise ModelError(f"{runner.graph} has no embedding output (exported before bertbatch added it); re-export "
+                         f"with `bertbatch export {model.path}`, or score without --embeddings.")
     if have != width:
         raise ModelError(f"{runner.graph}: the embedding output has width {have} but config.json's hidden size "
                          f"is {width}. Re-export with `bertbatch export {model.path}`.")
