@@ -288,7 +288,7 @@ def result_schema(labels: list[str], multi_label: bool, config: ScoreConfig,
     embedding_size: the embedding's width, needed with --embeddings (the column is a fixed-size list)."""
     k = len(labels)
     if config.embeddings and not embedding_size:
-        raise ModelError("--embeddings: the embedding's width is unknown (internal: pass embedding_size).")
+        raise ValueError("result_schema with embeddings on needs embedding_size (the column is a fixed-size list)")
     vectors = np.zeros((0, embedding_size), np.float32) if config.embeddings else None
     empty = Result(np.zeros((0, k), np.float32), np.zeros((0, k), np.float32), np.zeros(0, bool), [],
                    np.zeros(0, np.int64), 0, 0, vectors)
