@@ -377,6 +377,9 @@ def _model_dir_or_uri(ctx, param, value):
 @click.option("--probs", is_flag=True, help="One prob_<label> column per class.")
 @click.option("--top-k", type=int, help="A top_k column with the K best labels.")
 @click.option("--logits", is_flag=True, help="A logits column.")
+@click.option("--embeddings", type=click.Choice(["pooled", "mean"]), is_flag=False, flag_value="pooled",
+              help="An embedding column (FLOAT[hidden]): the vector the classification head reads, from the same "
+                   "pass. mean is refused (the graphs compute the last layer for the first token only).")
 @click.option("--threshold", type=float, help="Multi-label decision threshold, between 0 and 1 (default 0.5; "
               "refused for a single-label model).")
 @click.option("--long-text", type=_choice(LongText), default="truncate", show_default=True)

@@ -156,6 +156,9 @@ class ScoreConfig:
     probs: bool = False
     top_k: int | None = None
     logits: bool = False
+    # "pooled": an `embedding` column, the vector the classification head reads (bertbatch/embedding.py);
+    # "mean" (mean-pooled last hidden states) is refused: the graphs compute the last layer for token 0 only.
+    embeddings: str | None = None
     threshold: float | None = None  # multi-label decision threshold; None = DEFAULT_THRESHOLD
     long_text: LongText = "truncate"
     stride: int = 64
@@ -205,6 +208,12 @@ class ScoreConfig:
         check_choice("--tokenizer-backend", self.tokenizer_backend, TokenizerBackend)
         if (self.max_tokens or 1) < 1 or (self.max_batch_rows or 1) < 1 or self.window_rows < 1:
             raise InputError("--max-tokens, --max-batch-rows and --window-rows must be positive.")
+        if self.embeddings == "mean":
+            raise InputError("--embeddings mean is not offered: bertbatch's graphs compute the last layer for the "
+                             "first token only (trim.py), so the other tokens' last hidden states do not exist. "
+                             "Use --embeddings (the vector the classification head reads).")
+        if self.embeddings not in (None, "pooled"):
+            raise InputError(f"--embeddings must be pooled (the default when given) or mean; got '{self.embeddings}'.")
         if self.top_k is not None and self.top_k < 1:
             raise InputError(f"--top-k must be at least 1; got {self.top_k}.")
         if self.rows_per_part < 1:

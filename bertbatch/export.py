@@ -7,8 +7,11 @@ that fails its gate is not written and `export_onnx` raises ValidationFailed wit
 The gates: parity with PyTorch on the held-out split, agreement on out-of-domain text, and, for the CPU graphs
 `score` may pick by default (fp32, int8), batch invariance: the same texts in other batchings (one row per
 batch, shuffled rows under a small budget, a large budget, extra padding) give the same labels and
-probabilities within 1e-6. Dynamic int8 cannot keep it (ONNX Runtime scales each activation over the whole
+probabilities (and embeddings) within 1e-6. Dynamic int8 cannot keep it (ONNX Runtime scales each activation over the whole
 batch tensor, padding included): it is written only on request, its figures are recorded, it is never a default.
+
+Every graph also outputs the embedding (bertbatch/embedding.py) for the model families that define one: fp32
+must match PyTorch's within max_fp32_delta; the others' agreement (cosine similarity) is recorded.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import check_weights_format
+from .embedding import OUTPUT as EMBEDDING_OUTPUT
+from .embedding import add_output as add_embedding_output
+from .embedding import definition
 from .config import ExportConfig
 from .errors import InputError, ModelError, ValidationFailed, require
 from .manifest import replace_dir, sha256_file, update_manifest, versions
@@ -80,18 +86,21 @@ def export_onnx(model_dir: str | Path, config: ExportConfig | None = None, **ove
     started = time.time()
     texts, targets = _validation_set(model, config)
     ood_texts, ood_source = out_of_domain_texts()
+    width = int(model.config["hidden_size"]) if definition(model.config.get("model_type")) else None
 
     with tempfile.TemporaryDirectory(prefix=".onnx-build-", dir=model_dir) as build:
         build = Path(build)
-        candidates, trimmed = _build_graphs(model_dir, build, config, calibration_texts(texts, config))
-        reference = _logits(model_dir, None, texts)
-        ood_reference = _logits(model_dir, None, ood_texts)
+        candidates, trimmed = _build_graphs(model_dir, build, config, calibration_texts(texts, config), width)
+        reference = _outputs(model_dir, None, texts, width)
+        ood_reference = _outputs(model_dir, None, ood_texts).logits
         figures, failures = {}, []
         for key, path in candidates.items():
-            logits = _logits(model_dir, path, texts)
-            figures[key] = _parity(key, logits, reference, targets, model, config)
+            scored = _outputs(model_dir, path, texts, width)
+            figures[key] = _parity(key, scored.logits, reference.logits, targets, model, config)
+            if width:
+                figures[key].update(_embedding_agreement(scored.embeddings, reference.embeddings))
             if key != "fp16":  # fp16 is a GPU graph: its CPU run says nothing about CUDA kernels
-                figures[key]["out_of_domain"] = _agreement(_logits(model_dir, path, ood_texts), ood_reference, model)
+                figures[key]["out_of_domain"] = _agreement(_outputs(model_dir, path, ood_texts).logits, ood_reference, model)
                 figures[key]["invariance"] = invariance_figures(model_dir, path, texts[:INVARIANCE_ROWS] + ood_texts[:INVARIANCE_ROWS])
             _judge(key, figures[key], config)
             if not figures[key]["passed"]:
@@ -117,12 +126,15 @@ def export_onnx(model_dir: str | Path, config: ExportConfig | None = None, **ove
             "source": _validation_source(model_dir, config),
             "rows": len(texts),
             "labeled": targets is not None,
-            "pytorch": metrics_summary(reference, targets, model) if targets is not None else None,
+            "pytorch": metrics_summary(reference.logits, targets, model) if targets is not None else None,
             "out_of_domain": {"source": ood_source, "rows": len(ood_texts)},
             "invariance_rows": min(len(texts), INVARIANCE_ROWS) + min(len(ood_texts), INVARIANCE_ROWS),
         },
         "settings": {**asdict(config), "quantize_preset": _preset(config)},
         "first_token_last_layer": trimmed,
+        "embedding": ({"output": EMBEDDING_OUTPUT, "size": width, "definition": definition(model.config.get("model_type"))}
+                      if width else {"output": None, "reason": f"no embedding defined for model type "
+                                                              f"'{model.config.get('model_type')}' (embedding.py)"}),
         "versions": versions("torch", "transformers", "optimum-onnx", "onnxruntime", "onnx"),
         "seconds": round(time.time() - started, 1),
     }
@@ -140,8 +152,10 @@ def _preset(config: ExportConfig) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- building
-def _build_graphs(model_dir: Path, build: Path, config: ExportConfig, calibration: list[str]) -> tuple[dict[str, Path], bool]:
-    """The candidate graphs by key, and whether the last layer was trimmed to the first token."""
+def _build_graphs(model_dir: Path, build: Path, config: ExportConfig, calibration: list[str],
+                  embedding_width: int | None = None) -> tuple[dict[str, Path], bool]:
+    """The candidate graphs by key, and whether the last layer was trimmed to the first token. With an
+    embedding width, the exported graph gets the embedding output first, so every graph made from it has it."""
     import warnings
 
     import torch
@@ -160,6 +174,8 @@ def _build_graphs(model_dir: Path, build: Path, config: ExportConfig, calibratio
                                    do_validation=False)
     except Exception as exc:  # optimum raises assorted types for unsupported architectures
         raise ModelError(f"ONNX export of {model_dir} failed: {exc}") from None
+    if embedding_width:
+        add_embedding_output(raw / "model.onnx", embedding_width)
     fp32_level, dynamic_level = ("O1", "O2") if config.optimize == "auto" else (config.optimize, config.optimize)
     optimized = {}
 
@@ -269,13 +285,24 @@ def _validation_set(model: ModelDir, config: ExportConfig):
     return data.texts, data.targets
 
 
-def _logits(model_dir: Path, graph: Path | None, texts: list[str]) -> np.ndarray:
-    """Logits through the same tokenization and batching that `score` uses; graph None = PyTorch."""
+def _outputs(model_dir: Path, graph: Path | None, texts: list[str], embedding_width: int | None = None):
+    """The Result (logits, and embeddings when a width is given) through the same tokenization and batching
+    that `score` uses; graph None = PyTorch."""
     from .runtime import CPU, OrtRunner, TorchRunner
     from .score import Scorer
 
     runner = TorchRunner(model_dir) if graph is None else OrtRunner(graph, CPU)
-    return Scorer(model_dir, runner=runner).logits(texts).logits
+    return Scorer(model_dir, runner=runner, embeddings="pooled" if embedding_width else None).logits(texts)
+
+
+def _embedding_agreement(vectors: np.ndarray, reference: np.ndarray) -> dict:
+    """Max |Δ| over every embedding value, and the cosine similarity of each row's vector with PyTorch's."""
+    if not len(vectors):
+        return {"max_abs_embedding_delta": 0.0, "embedding_cosine_min": 1.0, "embedding_cosine_mean": 1.0}
+    a, b = vectors.astype(np.float64), reference.astype(np.float64)
+    cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return {"max_abs_embedding_delta": float(np.abs(a - b).max()), "embedding_cosine_min": float(cosine.min()),
+            "embedding_cosine_mean": float(cosine.mean())}
 
 
 def metrics_summary(logits: np.ndarray, targets, model: ModelDir) -> dict:
@@ -311,6 +338,8 @@ def _judge(key: str, figures: dict, config: ExportConfig) -> None:
     quantized = key in ("int8", "int8-dynamic")
     if key == "fp32" and (delta > config.max_fp32_delta or agree < 1.0):
         reason = f"max |Δlogit| {delta:.2e} (limit {config.max_fp32_delta:.0e}), top-1 agreement {agree:.2%} (needs 100%)"
+    elif key == "fp32" and figures.get("max_abs_embedding_delta", 0.0) > config.max_fp32_delta:
+        reason = f"max |Δembedding| {figures['max_abs_embedding_delta']:.2e} (limit {config.max_fp32_delta:.0e})"
     elif key == "fp16" and delta > config.max_fp16_delta:
         reason = f"max |Δlogit| {delta:.2e} (limit {config.max_fp16_delta})"
     elif quantized and "macro_f1_drop" in figures and figures["macro_f1_drop"] > config.max_f1_drop:
@@ -322,8 +351,9 @@ def _judge(key: str, figures: dict, config: ExportConfig) -> None:
                   f"(needs {config.min_ood_agreement:.0%})")
     elif key in INVARIANT_GRAPHS and not figures["invariance"]["passed"]:
         inv = figures["invariance"]
-        reason = (f"not batch-invariant: {inv['label_flips']} label flip(s), max |Δprob| {inv['max_abs_prob_delta']:.1e} "
-                  f"across batchings (limit {PROB_TOLERANCE:.0e})")
+        reason = (f"not batch-invariant: {inv['label_flips']} label flip(s), max |Δprob| {inv['max_abs_prob_delta']:.1e}, "
+                  f"max |Δembedding| {inv.get('max_abs_embedding_delta', 0.0):.1e} across batchings "
+                  f"(limit {PROB_TOLERANCE:.0e})")
     figures.update(passed=reason is None, reason=reason)
 
 
@@ -331,31 +361,41 @@ def _judge(key: str, figures: dict, config: ExportConfig) -> None:
 def invariance_figures(model_dir: Path, graph: Path, texts: list[str], provider: str | None = None) -> dict:
     """The same texts scored in other batchings, compared with the default batching (1024 tokens/32 rows):
     one row per batch, shuffled rows under a small budget, a large budget, and every batch padded 37 tokens
-    past its longest row. Invariant = no label flips and max |Δprob| <= PROB_TOLERANCE; `bitwise` says whether
-    every logit was identical to the bit."""
+    past its longest row. Invariant = no label flips and max |Δprob| <= PROB_TOLERANCE, and, for a graph with
+    the embedding output, max |Δembedding| <= PROB_TOLERANCE; `bitwise` says whether every logit (and
+    embedding value) was identical to the bit."""
     from .runtime import CPU, OrtRunner
     from .score import Scorer
 
     runner = OrtRunner(graph, provider or CPU)
+    with_vectors = runner.embedding_size is not None
+    vectors = {}
 
-    def scored(order: np.ndarray, **budget) -> np.ndarray:
-        logits = Scorer(model_dir, runner=runner, **budget).logits([texts[i] for i in order]).logits
-        out = np.empty_like(logits)
-        out[order] = logits
+    def scored(order: np.ndarray, name: str = "base", **budget) -> np.ndarray:
+        result = Scorer(model_dir, runner=runner, embeddings="pooled" if with_vectors else None,
+                        **budget).logits([texts[i] for i in order])
+        out = np.empty_like(result.logits)
+        out[order] = result.logits
+        if with_vectors:
+            vectors[name] = np.empty_like(result.embeddings)
+            vectors[name][order] = result.embeddings
         return out
 
     identity = np.arange(len(texts))
     shuffled = np.random.default_rng(0).permutation(len(texts))
     base = scored(identity, max_tokens=1024, max_batch_rows=32)
+    padded = _padded_logits(model_dir, runner, texts, extra=37, embeddings=with_vectors)
+    if with_vectors:
+        padded, vectors["extra_padding"] = padded
     others = {
-        "one_row_per_batch": scored(identity, max_tokens=1024, max_batch_rows=1),
-        "shuffled_small_budget": scored(shuffled, max_tokens=96, max_batch_rows=3),
-        "large_budget": scored(shuffled[::-1].copy(), max_tokens=16384, max_batch_rows=512),
-        "extra_padding": _padded_logits(model_dir, runner, texts, extra=37),
+        "one_row_per_batch": scored(identity, "one_row_per_batch", max_tokens=1024, max_batch_rows=1),
+        "shuffled_small_budget": scored(shuffled, "shuffled_small_budget", max_tokens=96, max_batch_rows=3),
+        "large_budget": scored(shuffled[::-1].copy(), "large_budget", max_tokens=16384, max_batch_rows=512),
+        "extra_padding": padded,
     }
     model = ModelDir.open(model_dir)
     probs = _probs(base, model.multi_label)
-    flips, delta, bitwise = 0, 0.0, True
+    flips, delta, bitwise, vector_delta = 0, 0.0, True, 0.0
     per_batching = {}
     for name, logits in others.items():
         other = _probs(logits, model.multi_label)
@@ -363,25 +403,43 @@ def invariance_figures(model_dir: Path, graph: Path, texts: list[str], provider:
         d = float(np.abs(other - probs).max()) if len(probs) else 0.0
         same = bool(np.array_equal(logits, base))
         per_batching[name] = {"label_flips": n_flips, "max_abs_prob_delta": d, "bitwise": same}
+        if with_vectors:
+            e = float(np.abs(vectors[name] - vectors["base"]).max()) if len(probs) else 0.0
+            same = same and bool(np.array_equal(vectors[name], vectors["base"]))
+            per_batching[name].update(max_abs_embedding_delta=e, bitwise=same)
+            vector_delta = max(vector_delta, e)
         flips, delta, bitwise = flips + n_flips, max(delta, d), bitwise and same
-    return {"rows": len(texts), "label_flips": flips, "max_abs_prob_delta": delta, "bitwise": bitwise,
-            "passed": flips == 0 and delta <= PROB_TOLERANCE, "batchings": per_batching}
+    figures = {"rows": len(texts), "label_flips": flips, "max_abs_prob_delta": delta, "bitwise": bitwise,
+               "passed": flips == 0 and delta <= PROB_TOLERANCE and vector_delta <= PROB_TOLERANCE,
+               "batchings": per_batching}
+    if with_vectors:
+        figures["max_abs_embedding_delta"] = vector_delta
+    return figures
 
 
-def _padded_logits(model_dir: Path, runner, texts: list[str], extra: int) -> np.ndarray:
-    """Logits with each 8-row batch padded `extra` tokens past its longest row (the runner sees pad tokens)."""
+def _padded_logits(model_dir: Path, runner, texts: list[str], extra: int, embeddings: bool = False):
+    """Logits with each 8-row batch padded `extra` tokens past its longest row (the runner sees pad tokens);
+    with embeddings, the pair (logits, embeddings)."""
     from .batching import pad
 
     tokenizer = ModelDir.open(model_dir).tokenizer()
     encodings = tokenizer.encode_batch(texts)
-    out = []
+    out, vectors = [], []
     for start in range(0, len(encodings), 8):
         chunk = encodings[start:start + 8]
         length = max(len(e.ids) for e in chunk) + extra
         ids, mask = pad([e.ids for e in chunk], length)
         types, _ = pad([e.type_ids for e in chunk], length)
-        out.append(runner.run(ids, mask, types))
-    return np.vstack(out) if out else np.zeros((0, 0), np.float32)
+        if embeddings:
+            logits, batch_vectors = runner.run(ids, mask, types, embeddings=True)
+            out.append(logits)
+            vectors.append(batch_vectors)
+        else:
+            out.append(runner.run(ids, mask, types))
+    logits = np.vstack(out) if out else np.zeros((0, 0), np.float32)
+    if embeddings:
+        return logits, np.vstack(vectors) if vectors else np.zeros((0, 0), np.float32)
+    return logits
 
 
 def _probs(logits: np.ndarray, multi_label: bool) -> np.ndarray:
@@ -439,5 +497,7 @@ def graph_line(graph: dict) -> str:
         inv = (f"; batch-invariant ({kind})" if graph["batch_invariant"] else
                f"; NOT batch-invariant ({inv['label_flips']} label flips, max |Δprob| {inv['max_abs_prob_delta']:.1e}"
                " across batchings): never a default")
+    vector = (f", embedding max |Δ| {p['max_abs_embedding_delta']:.2e} (cosine >= {p['embedding_cosine_min']:.4f})"
+              if "max_abs_embedding_delta" in p else "")
     return (f"{graph['file']}: {graph['size_mb']} MB, max |Δlogit| {p['max_abs_logit_delta']:.2e}, "
-            f"top-1 agreement {p['top1_agreement']:.2%}{f1}{ood}{inv or ''}")
+            f"top-1 agreement {p['top1_agreement']:.2%}{f1}{vector}{ood}{inv or ''}")

@@ -32,7 +32,7 @@ LOCK = "_bertbatch.lock"
 FIXED_NAMES = (MANIFEST, SUCCESS, REJECTS, LOCK)
 # Options that change what lands in the output (values, columns, part boundaries or batch composition).
 RESULT_OPTIONS = (
-    "text_column", "text_pair_column", "keep", "max_length", "probs", "top_k", "logits", "threshold", "long_text",
+    "text_column", "text_pair_column", "keep", "max_length", "probs", "top_k", "logits", "embeddings", "threshold", "long_text",
     "stride", "aggregate", "output_format", "on_bad_rows", "rows_per_part", "max_tokens", "max_batch_rows",
     "window_rows", "partition_by", "partition_types",
 )

@@ -523,11 +523,10 @@ class ScoringActor:
 
     def __call__(self, table: pa.Table) -> pa.Table:
         from .plan import windows
-        from .score import output_schema
 
         tagged = FILE_TAG in table.column_names
         kept = pa.schema([table.schema.field(c) for c in self.keep])
-        schema = output_schema(kept, self.scorer.model.labels, self.scorer.model.multi_label, self.scorer.config)
+        schema = self.scorer.output_schema(kept)
         if tagged:
             schema = schema.append(pa.field(FILE_TAG, pa.int32())).append(pa.field(CHUNK_TAG, pa.int32()))
             schema = schema.append(pa.field(REAL_TAG, pa.int64())).append(pa.field(PADDED_TAG, pa.int64()))

@@ -13,6 +13,8 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+from .embedding import OUTPUT as EMBEDDING_OUTPUT
+from .embedding import definition, head_projection
 from .errors import ModelError, require
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,9 @@ class Runner(Protocol):
     `graph` is the path of the ONNX file that runs, or None for a runner that runs no file (PyTorch runs the
     checkpoint's weights; the model directory's `model_hash(None)` hashes model.safetensors for it). `threads`
     is the intra-op thread count when the runner has one; `num_labels` the logit width when the runner knows
-    it before running (checked against config.json at start)."""
+    it before running (checked against config.json at start). A runner that can return the embedding
+    (bertbatch/embedding.py) has `embedding_size`, its width (None or absent: it cannot), and accepts
+    `run(..., embeddings=True)`; the scorer passes that keyword only when embeddings are asked for."""
 
     provider: str
     input_names: list[str]
@@ -37,7 +41,8 @@ class Runner(Protocol):
     num_labels: int | None
 
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None) -> np.ndarray:
-        """(rows, length) int64 inputs -> (rows, num_labels) float32 logits."""
+        """(rows, length) int64 inputs -> (rows, num_labels) float32 logits; with embeddings=True, the tuple
+        (logits, (rows, embedding_size) float32 embeddings)."""
         ...
 
 
@@ -150,26 +155,37 @@ class OrtRunner:
         self.provider = active[0]
         self.graph = str(graph)
         self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_name = self.session.get_outputs()[0].name
-        width = self.session.get_outputs()[0].shape[-1]
+        outputs = self.session.get_outputs()
+        self.output_name = outputs[0].name
+        width = outputs[0].shape[-1]
         self.num_labels = width if isinstance(width, int) else None
+        # graphs exported before bertbatch added the embedding output have none: embedding_size stays None
+        embedding = next((o for o in outputs[1:] if o.name == EMBEDDING_OUTPUT), None)
+        self.embedding_size = embedding.shape[-1] if embedding is not None and isinstance(embedding.shape[-1], int) else None
         self.threads = options.intra_op_num_threads
         self._binding = self.session.io_binding() if self.provider == CUDA else None
         self._device, self._device_id = "cuda", device_id
         self._inputs = BufferCache()  # (input name, shape) -> device OrtValue, refilled per batch
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None):
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None,
+            embeddings: bool = False):
         feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
             feeds["token_type_ids"] = token_type_ids if token_type_ids is not None else np.zeros_like(input_ids)
         feeds = {k: v for k, v in feeds.items() if k in self.input_names}
+        if embeddings:  # the extra output is fetched only when asked: scoring without it copies nothing more
+            if self.embedding_size is None:
+                raise ModelError(f"{self.graph} has no embedding output; re-export with `bertbatch export`.")
+            names = [self.output_name, EMBEDDING_OUTPUT]
+            logits, vectors = self._run_bound(feeds, names) if self._binding is not None else self.session.run(names, feeds)
+            return np.asarray(logits, dtype=np.float32), np.asarray(vectors, dtype=np.float32)
         if self._binding is not None:
-            return self._run_bound(feeds)
+            return self._run_bound(feeds)[0]
         return np.asarray(self.session.run([self.output_name], feeds)[0], dtype=np.float32)
 
-    def _run_bound(self, feeds: dict) -> np.ndarray:
-        """CUDA: copy inputs into device buffers made once per batch shape, let ORT allocate the output there,
-        copy logits back."""
+    def _run_bound(self, feeds: dict, outputs: list[str] | None = None) -> list[np.ndarray]:
+        """CUDA: copy inputs into device buffers made once per batch shape, let ORT allocate the outputs there
+        (the logits, and the embedding when asked), copy them back."""
         ort = require("onnxruntime", "cpu")
         binding = self._binding
         binding.clear_binding_inputs()
@@ -180,9 +196,10 @@ class OrtRunner:
                 shape, np.int64, self._device, self._device_id))
             value.update_inplace(np.ascontiguousarray(array, dtype=np.int64))
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output(self.output_name, self._device)
+        for name in outputs or [self.output_name]:
+            binding.bind_output(name, self._device)
         self.session.run_with_iobinding(binding)
-        return np.asarray(binding.copy_outputs_to_cpu()[0], dtype=np.float32)
+        return [np.asarray(value, dtype=np.float32) for value in binding.copy_outputs_to_cpu()]
 
 
 class TorchRunner:
@@ -203,11 +220,21 @@ class TorchRunner:
         self.graph = None  # runs model.safetensors, not a graph file
         self.num_labels = self.model.config.num_labels
         self.threads = self.torch.get_num_threads()
+        family = definition(self.model.config.model_type) is not None
+        self.embedding_size = self.model.config.hidden_size if family else None
 
-    def run(self, input_ids, attention_mask, token_type_ids=None):
+    def run(self, input_ids, attention_mask, token_type_ids=None, embeddings: bool = False):
         torch = self.torch
         feeds = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask)}
         if "token_type_ids" in self.input_names and token_type_ids is not None:
             feeds["token_type_ids"] = torch.from_numpy(token_type_ids)
         with torch.inference_mode():
-            return self.model(**feeds).logits.float().numpy()
+            if not embeddings:
+                return self.model(**feeds).logits.float().numpy()
+            seen = []  # the head's last projection's input is the embedding (bertbatch/embedding.py)
+            hook = head_projection(self.model).register_forward_hook(lambda _m, args, _out: seen.append(args[0]))
+            try:
+                logits = self.model(**feeds).logits.float().numpy()
+            finally:
+                hook.remove()
+            return logits, seen[0].float().numpy()

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 
 from .batching import DEFAULT_BUDGET, GPU_BUCKETS, pad_rows, plan_batches
 from .config import ScoreConfig
+from .embedding import embedding_size
 from .errors import InputError, ModelError
 from .modeldir import ModelDir
 from .runtime import CUDA, OrtRunner, Runner, TorchRunner, available_cpus, resolve_provider
@@ -53,6 +54,7 @@ class Result:
     windows: np.ndarray  # (n,) segments per row
     real_tokens: int
     padded_tokens: int
+    embeddings: np.ndarray | None = None  # (n, hidden) float32 with --embeddings, NaN for rows with an error
 
 
 class Scorer:
@@ -99,6 +101,7 @@ class Scorer:
         self._ascii_tokenizer = ascii_twin(self.tokenizer)
         self._wordpiece = wordpiece_twin(self.tokenizer) if config.tokenizer_backend == "auto" else None
         check_consistency(self.model, self.tokenizer, runner)
+        self.embedding_size = check_embeddings(self.model, runner) if config.embeddings else None
 
     @property
     def tokenizer_backend(self) -> str:
@@ -184,12 +187,20 @@ class Scorer:
         k = len(self.model.labels)
         tokens = encoded.tokens
         seg_logits = np.empty((len(tokens.owner), k), dtype=np.float32)
+        width = self.embedding_size
+        seg_vectors = np.empty((len(tokens.owner), width), dtype=np.float32) if width else None
         real = padded = 0
         for batch in encoded.plan:
             ids, mask = pad_rows(tokens.ids, tokens.offsets, batch.rows, batch.length)
             types = np.zeros_like(ids) if tokens.types is None else pad_rows(tokens.types, tokens.offsets,
                                                                                batch.rows, batch.length)[0]
             logits = self._run_halving(ids, mask, types)
+            if width:
+                logits, vectors = logits
+                if vectors.shape != (len(batch.rows), width):
+                    raise ModelError(f"The graph returned embeddings of shape {vectors.shape}; expected "
+                                     f"({len(batch.rows)}, {width}).")
+                seg_vectors[batch.rows] = vectors
             if logits.shape != (len(batch.rows), k):
                 raise ModelError(f"The graph returned logits of shape {logits.shape}; expected ({len(batch.rows)}, {k}).")
             seg_logits[batch.rows] = logits
@@ -214,11 +225,15 @@ class Scorer:
                 has = windows > 0
                 probs[has] = sums_p[has] / windows[has, None]
                 logits[has] = sums_l[has] / windows[has, None]
-        return Result(probs, logits, encoded.truncated, encoded.errors, windows, real, padded)
+        vectors = None if seg_vectors is None else _row_means(seg_vectors, encoded.owner, windows, encoded.n)
+        return Result(probs, logits, encoded.truncated, encoded.errors, windows, real, padded, vectors)
 
-    def _run_halving(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
-        """Run a batch; on an allocation failure, split it in halves and retry the same rows (never skip)."""
+    def _run_halving(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray):
+        """Run a batch; on an allocation failure, split it in halves and retry the same rows (never skip).
+        Logits, or (logits, embeddings) with --embeddings."""
         try:
+            if self.embedding_size:
+                return self.runner.run(ids, mask, types, embeddings=True)
             return self.runner.run(ids, mask, types)
         except Exception as exc:  # ORT raises RuntimeException/Fail; torch raises RuntimeError
             if not is_out_of_memory(exc) or len(ids) == 1:
@@ -226,8 +241,11 @@ class Scorer:
             half = len(ids) // 2
             log.warning("Out of memory on a %dx%d batch; retrying it as two halves.", *ids.shape)
             self.oom_splits += 1
-            return np.vstack([self._run_halving(ids[:half], mask[:half], types[:half]),
-                              self._run_halving(ids[half:], mask[half:], types[half:])])
+            first = self._run_halving(ids[:half], mask[:half], types[:half])
+            second = self._run_halving(ids[half:], mask[half:], types[half:])
+            if isinstance(first, tuple):
+                return np.vstack([first[0], second[0]]), np.vstack([first[1], second[1]])
+            return np.vstack([first, second])
 
     def encode_batch(self, batch: pa.RecordBatch) -> Encoded:
         """`encode` on the text (and pair) columns of an Arrow record batch."""
@@ -243,32 +261,46 @@ class Scorer:
         columns.update(result_columns(result, self.model.labels, self.model.multi_label, self.config))
         return pa.RecordBatch.from_pydict(columns)
 
+    def output_schema(self, kept: pa.Schema) -> pa.Schema:
+        """`output_schema` for this scorer's model and options."""
+        return output_schema(kept, self.model.labels, self.model.multi_label, self.config, self.embedding_size)
+
     def logits(self, texts: list, pairs: list | None = None) -> Result:
         return self.run(self.encode(list(texts), pairs))
 
     def predict(self, texts: list, pairs: list | None = None) -> list[dict]:
-        """Labels for in-memory texts: [{'label', 'score', 'probs', 'truncated', 'error'}] in input order."""
+        """Labels for in-memory texts: [{'label', 'score', 'probs', 'truncated', 'error'}] in input order;
+        with embeddings on, 'embedding' is the row's float32 numpy vector (None for a row with an error)."""
         result = self.logits(texts, pairs)
         columns = result_columns(result, self.model.labels, self.model.multi_label, self.config)
+        columns.pop("embedding", None)
         table = pa.table(columns)
         rows = table.to_pylist()
-        for row, p in zip(rows, result.probs):
+        for i, (row, p) in enumerate(zip(rows, result.probs)):
             row["probs"] = None if np.isnan(p).any() else dict(zip(self.model.labels, map(float, p)))
+            if result.embeddings is not None:
+                row["embedding"] = None if row["error"] is not None else result.embeddings[i].copy()
         return rows
 
 
-def result_schema(labels: list[str], multi_label: bool, config: ScoreConfig) -> pa.Schema:
-    """Arrow types of the result columns, from the same code that builds them (an empty result)."""
+def result_schema(labels: list[str], multi_label: bool, config: ScoreConfig,
+                  embedding_size: int | None = None) -> pa.Schema:
+    """Arrow types of the result columns, from the same code that builds them (an empty result).
+    embedding_size: the embedding's width, needed with --embeddings (the column is a fixed-size list)."""
     k = len(labels)
+    if config.embeddings and not embedding_size:
+        raise ValueError("result_schema with embeddings on needs embedding_size (the column is a fixed-size list)")
+    vectors = np.zeros((0, embedding_size), np.float32) if config.embeddings else None
     empty = Result(np.zeros((0, k), np.float32), np.zeros((0, k), np.float32), np.zeros(0, bool), [],
-                   np.zeros(0, np.int64), 0, 0)
+                   np.zeros(0, np.int64), 0, 0, vectors)
     return pa.schema([pa.field(n, a.type) for n, a in result_columns(empty, labels, multi_label, config).items()])
 
 
-def output_schema(kept: pa.Schema, labels: list[str], multi_label: bool, config: ScoreConfig) -> pa.Schema:
+def output_schema(kept: pa.Schema, labels: list[str], multi_label: bool, config: ScoreConfig,
+                  embedding_size: int | None = None) -> pa.Schema:
     """Kept input columns, then the result columns; an input column with a result column's name is refused
     (it would be overwritten, or duplicated, silently)."""
-    results = result_schema(labels, multi_label, config)
+    results = result_schema(labels, multi_label, config, embedding_size)
     clash = [name for name in kept.names if name in results.names]
     if clash:
         others = [name for name in kept.names if name not in clash]
@@ -337,6 +369,38 @@ def check_consistency(model: ModelDir, tokenizer, runner) -> None:
         )
 
 
+def check_embeddings(model: ModelDir, runner) -> int:
+    """The embedding's width for --embeddings: refuse, at start, a model family without a definition
+    (embedding.py) and a graph exported before bertbatch added the embedding output."""
+    width = embedding_size(model.config)
+    have = getattr(runner, "embedding_size", None)
+    if have is None and not runner.graph:
+        raise ModelError(f"The runner {type(runner).__name__} cannot return embeddings (no embedding_size); "
+                         "score without --embeddings.")
+    if have is None:
+        raise ModelError(f"{runner.graph} has no embedding output (exported before bertbatch added it); re-export "
+                         f"with `bertbatch export {model.path}`, or score without --embeddings.")
+    if have != width:
+        raise ModelError(f"{runner.graph}: the embedding output has width {have} but config.json's hidden size "
+                         f"is {width}. Re-export with `bertbatch export {model.path}`.")
+    return width
+
+
+def _row_means(values: np.ndarray, owner: np.ndarray, windows: np.ndarray, n: int) -> np.ndarray:
+    """Per row, the mean of its segments' vectors (a row's own vector when it has one); NaN for rows without."""
+    out = np.full((n, values.shape[1]), np.nan, dtype=np.float32)
+    if not len(owner):
+        return out
+    if windows.max() == 1:
+        out[owner] = values
+        return out
+    sums = np.zeros((n, values.shape[1]), dtype=np.float64)
+    np.add.at(sums, owner, values)
+    has = windows > 0
+    out[has] = sums[has] / windows[has, None]
+    return out
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max(axis=1, keepdims=True))
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -384,6 +448,10 @@ def result_columns(result: Result, labels: list[str], multi_label: bool, config:
         columns["top_k"] = _lists(np.where(ok, k, 0), top, ok)
     if config.logits:
         columns["logits"] = _lists(np.where(ok, len(labels), 0), pa.array(result.logits[ok].ravel(), pa.float32()), ok)
+    if config.embeddings:
+        vectors = np.where(ok[:, None], result.embeddings, 0).astype(np.float32)  # null rows still hold width zeros
+        columns["embedding"] = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), pa.float32()),
+                                                                 vectors.shape[1], mask=pa.array(~ok))
     columns["truncated"] = pa.array(result.truncated)
     if config.long_text == "window":
         columns["windows"] = pa.array(result.windows.astype(np.int32))

@@ -21,7 +21,7 @@ from pyarrow import csv
 from .errors import InputError, OutputError, describe_os_error
 from .job import (LOCK, MANIFEST, REJECTS, SUCCESS, Job, JobLock, StoreLock, _fsync_dir, create_temp, new_run_id, owned_names,
                   owned_temp, publish, read_manifest, remove_spool)
-from .score import Result, Scorer, output_schema
+from .score import Result, Scorer
 from .source import HIVE_NULL
 from .storage import Location, is_uri, local_file_path
 
@@ -831,7 +831,7 @@ class Writer:
 
     def __init__(self, layout: OutputLayout, job: Job | None, kept: pa.Schema, scorer: Scorer, config, metadata):
         self.layout, self.job, self.config = layout, job, config
-        self.schema = output_schema(kept, scorer.model.labels, scorer.model.multi_label, config).with_metadata(metadata)
+        self.schema = scorer.output_schema(kept).with_metadata(metadata)
         self.sink = self.key = None
         self.rows_this_run = self.real = self.padded = self.errors = self.part_errors = 0
         self.rows_before = sum(p["rows"] for p in job.state["parts"]) if job else 0

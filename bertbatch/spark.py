@@ -214,7 +214,8 @@ def _score(df, model_dir, config: ScoreConfig, ship_model: bool | None, tally: b
     shipped = _ship(spark, model, hashes) if ship else None
     job = _Job(ModelShipment(str(model.path), shipped, hashes), config, tuple(keep), cpu_graph)
     kept = pa.schema([pa.field(name, pa.null()) for name in keep])  # names only: Spark keeps its own types
-    results = pa.schema(list(output_schema(kept, model.labels, model.multi_label, config))[len(keep):])
+    width = _embedding_width(model, hashes) if config.embeddings else None
+    results = pa.schema(list(output_schema(kept, model.labels, model.multi_label, config, width))[len(keep):])
     facts = check_executors_can_score(spark, job.model) if check_executors else []
     schema = _spark_schema(df.schema, keep, results)
     accumulator = spark.sparkContext.accumulator({}, _Tally()) if tally else None
@@ -489,14 +490,35 @@ def _label_partition(batches, job: _Job, tally=None):
             continue
         scorer = scorer or _worker_scorer(job)
         for start in range(0, batch.num_rows, window):
-            yield scorer.label_batch(batch.slice(start, window), keep)
+            yield _spark_types(scorer.label_batch(batch.slice(start, window), keep))
         rows += batch.num_rows
     if tally is not None and scorer is not None:
         graph = scorer.model.graph_key(Path(scorer.graph))
         tally.add({f"{scorer.runner.provider} {graph} threads={scorer.runner.threads}": rows})
 
 
-def _worker_scorer(job: _Job) -> Scorer:
+def _embedding_width(model: ModelDir, hashes) -> int:
+    """--embeddings on Spark: the width, after refusing on the driver graphs exported without the output."""
+    from .embedding import embedding_size, graph_has_output
+
+    width = embedding_size(model.config)
+    for relative, _ in hashes:
+        path = Path(relative) if Path(relative).is_absolute() else model.path / relative
+        if path.suffix == ".onnx" and not graph_has_output(path):
+            raise ModelError(f"{path} has no embedding output (exported before bertbatch added it); re-export with "
+                             f"`bertbatch export {model.path}`, or score without --embeddings.")
+    return width
+
+
+def _spark_types(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """Spark has no fixed-size array type: its Arrow conversion maps FixedSizeList to ArrayType, so the
+    embedding travels as a plain list (every row still holds exactly hidden-size values, or null)."""
+    if "embedding" not in batch.schema.names or not pa.types.is_fixed_size_list(batch.schema.field("embedding").type):
+        return batch
+    index = batch.schema.get_field_index("embedding")
+    column = batch.column(index)
+    return batch.set_column(index, pa.field("embedding", pa.list_(column.type.value_type)),
+                            column.cast(pa.list_(column.type.value_type)))
     """This worker's Scorer for the job, built (and its files checked against the driver's) on first use."""
     from pyspark import TaskContext
 

@@ -24,7 +24,6 @@ def score_batches(source, model_dir: str | Path, config: ScoreConfig | None = No
     Batches are read, scored and handed on one window (`window_rows`) at a time, lazily, as the returned
     reader is consumed. `model_dir` may be a store URI (copied once to the local model cache)."""
     from .plan import open_scorer, windows
-    from .score import output_schema
     from .source import check_schema
     from .storage import local_model_dir
 
@@ -32,7 +31,7 @@ def score_batches(source, model_dir: str | Path, config: ScoreConfig | None = No
     reader = as_reader(source)
     keep, kept = check_schema(reader.schema, config, "the source stream")
     scorer = open_scorer(local_model_dir(model_dir, config.model_cache), config, runner)
-    schema = output_schema(kept, scorer.model.labels, scorer.model.multi_label, config)
+    schema = scorer.output_schema(kept)
 
     def labeled():
         for _, window in windows(reader, config.window_rows):

@@ -293,3 +293,17 @@ def test_hive_partitioned_input_keeps_its_partition_columns_like_the_local_engin
     assert sorted((r["id"], r["dt"], r["region"], r["label"]) for r in written.to_pylist()) == \
         sorted((r["id"], r["dt"], r["region"], r["label"]) for r in local)
 
+
+
+def test_spark_embeddings_equal_the_local_scorers(spark_session, tiny_exported, table_path, tmp_path):
+    from pyspark.sql.types import ArrayType, FloatType
+
+    local_out = tmp_path / "local.parquet"
+    score_file(table_path, local_out, tiny_exported, graph="int8", embeddings="pooled")
+    local = {row["id"]: row["embedding"] for row in pq.read_table(local_out).to_pylist()}
+    df = spark_session.read.parquet(str(table_path)).repartition(3)
+    scored = bspark.score(df, tiny_exported, config=ScoreConfig(graph="int8", embeddings="pooled"))
+    assert scored.schema["embedding"].dataType == ArrayType(FloatType(), True)
+    rows = {row["id"]: row["embedding"] for row in scored.select("id", "embedding").collect()}
+    assert rows == local  # same float32 values, nulls for the null/empty/blank texts
+    assert sum(v is None for v in rows.values()) == 3
