@@ -18,7 +18,7 @@ from bertbatch.config import ScoreConfig
 from bertbatch.errors import InputError
 from bertbatch.job import fingerprint
 from bertbatch.source import expand_inputs
-from conftest import make_texts
+from helpers import make_texts
 
 HIDDEN = 32  # tests/conftest.py's tiny BERT
 
