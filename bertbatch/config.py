@@ -108,6 +108,11 @@ class ScoreConfig:
     top_k: int | None = None
     logits: bool = False
     threshold: float = 0.5  # multi-label
+    # auto: apply the temperature scaling recorded in bertbatch.json (probabilities and score are calibrated;
+    # logits stay raw); none: the raw softmax/sigmoid
+    calibration: str = "auto"  # auto | none
+    # rows whose score is below this get a null label and the reason in `error` (probabilities kept)
+    min_score: float | None = None
     long_text: str = "truncate"  # truncate | window
     stride: int = 64
     aggregate: str = "mean"  # mean | max (window mode)
@@ -145,6 +150,10 @@ class ScoreConfig:
     def __post_init__(self):
         if self.provider not in ("auto", "cuda", "cpu"):
             raise InputError(f"--provider must be auto, cuda or cpu; got '{self.provider}'.")
+        if self.calibration not in ("auto", "none"):
+            raise InputError(f"--calibration must be auto or none; got '{self.calibration}'.")
+        if self.min_score is not None and not 0 <= self.min_score <= 1:
+            raise InputError(f"--min-score must be between 0 and 1; got {self.min_score}.")
         if self.long_text not in ("truncate", "window"):
             raise InputError(f"--long-text must be truncate or window; got '{self.long_text}'.")
         if self.aggregate not in ("mean", "max"):

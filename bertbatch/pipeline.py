@@ -67,7 +67,7 @@ def _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files
     job = None
     if layout.directory:
         fp = fingerprint(files, model_files, metadata["bertbatch.graph"], metadata["bertbatch.provider"], config,
-                         fmt, scorer.max_length)
+                         fmt, scorer.max_length, scorer.calibration)
         job = Job.start(layout.output, fp, config.resume, layout.run_id)
         if config.resume:
             layout.verify_parts(job.state["parts"])  # a part lost or damaged since the crash: say so now
@@ -216,6 +216,7 @@ def _summary(totals: dict, scorer: Scorer, metadata: dict, layout: OutputLayout,
         rows_written=totals["rows_written"],
         rows_scored=totals["rows_written"] - totals["rows_with_error"],
         rows_with_error=totals["rows_with_error"],
+        rows_abstained=totals.get("rows_abstained", 0),  # --min-score: scored and written, without a label
         rows_rejected=totals["rows_rejected"],
         rows_this_run=run_rows,
         resumed=resumed,
@@ -227,7 +228,8 @@ def _summary(totals: dict, scorer: Scorer, metadata: dict, layout: OutputLayout,
         graph=metadata["bertbatch.graph"],
         threads=scorer.runner.threads,
         settings=scorer.settings_reason,  # why this graph, budget and threads: explicit, tuned, or safe defaults
-        tokenizer=scorer.tokenizer_backend,  # nanotoken or the tokenizers library (same ids)
+        tokenizer=scorer.tokenizer_backend,
+        calibration=scorer.calibration,  # the temperature(s) applied to probabilities and score, or None  # nanotoken or the tokenizers library (same ids)
         output="-" if layout.stdout else str(layout.output),
         parts=[str(p) for p in layout.list_parts()] if layout.directory else None,
         rejects=str(layout.rejects_path) if layout.rejects_path and config.on_bad_rows == "reject" else None,

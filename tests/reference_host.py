@@ -101,7 +101,9 @@ class ReferenceScorer(Scorer):
             seg_logits[rows] = logits
             real += int(mask.sum())
             padded += mask.size
-        seg_probs = _sigmoid(seg_logits) if self.model.multi_label else _softmax(seg_logits)
+        # the recorded calibration, as Scorer applies it (not part of the host path this oracle checks)
+        scaled = seg_logits if self.temperature is None else seg_logits / self.temperature
+        seg_probs = _sigmoid(scaled) if self.model.multi_label else _softmax(scaled)
         probs = np.full((encoded.n, k), np.nan, dtype=np.float32)
         logits = np.full((encoded.n, k), np.nan, dtype=np.float32)
         windows = np.bincount(encoded.owner, minlength=encoded.n)
