@@ -1,8 +1,8 @@
 """Calibration: temperature fitted at the end of train and by `calibrate`, applied by `score`, measured by `eval`;
 `--min-score` abstention.
 
-The model is trained on clean labels and validated, tested and calibrated on rows whose labels are 25% flipped
-(annotators who disagree): it is over-confident there, so the fitted temperature is above 1.
+The model is trained on clean labels and validated and tested on rows whose labels are 25% flipped (annotators
+who disagree); `calibrate` refits it on a domain with 40% flipped, where the model is over-confident (T > 1).
 """
 
 from __future__ import annotations
