@@ -16,7 +16,7 @@ import sys
 import click
 
 from . import __version__
-from .config import (Aggregate, ClassWeights, Engine, LongText, OnBadRows, Optimize, OutputFormat, Provider,
+from .config import (Aggregate, Calibration, ClassWeights, Engine, LongText, OnBadRows, Optimize, OutputFormat, Provider,
                      Quantize, QuantizePreset, TokenizerBackend, choices)
 from .errors import BertbatchError
 
@@ -334,7 +334,9 @@ class _Progress:
 def _summary_line(s: dict) -> str:
     return (
         f"{s['rows_in']:,} rows in, {s['rows_written']:,} written ({s['rows_with_error']:,} with error), "
-        f"{s['rows_rejected']:,} rejected; {s['rows_per_s']:,} rows/s, {s['tokens_per_s']:,} tokens/s, "
+        f"{s['rows_rejected']:,} rejected"
+        + (f", {s['rows_abstained']:,} abstained (below --min-score)" if s.get("rows_abstained") else "")
+        + f"; {s['rows_per_s']:,} rows/s, {s['tokens_per_s']:,} tokens/s, "
         f"padding efficiency {s['padding_ratio']}; {s['provider']} ({s['graph']}, {s['threads']} threads) -> {s['output']}"
     ) + (f"; rejected rows -> {s['rejects']}" if s.get("rejects") else "") + (
         f"\nsettings: {s['settings']}" if s.get("settings") else "")
@@ -382,6 +384,10 @@ def _model_dir_or_uri(ctx, param, value):
                    "pass. mean is refused (the graphs compute the last layer for the first token only).")
 @click.option("--threshold", type=float, help="Multi-label decision threshold, between 0 and 1 (default 0.5; "
               "refused for a single-label model).")
+@click.option("--calibration", type=_choice(Calibration), default="auto", show_default=True,
+              help="auto: probabilities and score use the temperature recorded in bertbatch.json; none: raw softmax.")
+@click.option("--min-score", type=float, help="Rows whose score is below this get a null label and the reason in "
+              "error (probabilities kept): route them to review. Pick it from `eval`'s risk-coverage table.")
 @click.option("--long-text", type=_choice(LongText), default="truncate", show_default=True)
 @click.option("--stride", default=64, show_default=True, help="Tokens shared by consecutive windows.")
 @click.option("--aggregate", type=_choice(Aggregate), default="mean", show_default=True)
@@ -472,6 +478,33 @@ def _int_list(ctx, param, value):
         raise click.BadParameter(f"expected comma-separated integers such as 1,8,32; got '{value}'.") from None
 
 
+def _float_list(value: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in _csv_list(value))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers such as 0.8,0.9; got '{value}'.") from None
+
+
+@cli.command()
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--label-delimiter", default=",", show_default=True, help="Separator of labels in one cell (multi-label).")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--graph", help="The graph whose logits are fitted (default: the one `score` runs).")
+@_friendly
+def calibrate(model_dir, data, **options):
+    """Fit temperature scaling for MODEL_DIR on labeled DATA (a new domain) and record it in bertbatch.json."""
+    from .calibrate import calibrate as fit
+
+    record = fit(model_dir, data, **options)
+    temperature = record["temperature"] if record["temperature"] is not None else record["temperatures"]
+    before, after = record["before"], record["after"]
+    click.echo(f"temperature {temperature} fitted on {record['rows']:,} rows: NLL {before['nll']:.4f} -> "
+               f"{after['nll']:.4f}, ECE {before['ece']:.4f} -> {after['ece']:.4f}; recorded in {model_dir}/bertbatch.json")
+
+
 @cli.command("eval")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("data", type=click.Path(exists=True))
@@ -487,11 +520,15 @@ def _int_list(ctx, param, value):
 @threads_option("this machine's tune record, else the CPUs this process may use")
 @max_tokens_option
 @max_length_option
+@click.option("--min-scores", help="Comma-separated --min-score values of the risk-coverage table "
+              "(default: 0.5 to 0.99).")
 @_friendly
-def eval_(model_dir, data, graphs, **options):
+def eval_(model_dir, data, graphs, min_scores, **options):
     """Metrics of MODEL_DIR's graph(s) on labeled DATA; prints a Markdown summary."""
     from .evaluate import evaluate
 
+    if min_scores:
+        options["min_scores"] = _float_list(min_scores)
     report = evaluate(model_dir, data, graphs=_csv_list(graphs), **options)
     click.echo(report["summary"], nl=False)
     if options["output_dir"]:

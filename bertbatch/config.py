@@ -36,6 +36,8 @@ Quantize = Literal["int8"]  # or None: no int8 graph (the CLI's "none")
 QuantizePreset = Literal["auto", "avx512_vnni", "avx2", "arm64"]
 ClassWeights = Literal["none", "auto"]
 Engine = Literal["local", "spark", "ray"]
+# auto: the temperature bertbatch.json records (probabilities and score calibrated); none: raw softmax/sigmoid
+Calibration = Literal["auto", "none"]
 
 
 def choices(alias) -> tuple[str, ...]:
@@ -160,6 +162,11 @@ class ScoreConfig:
     # "mean" (mean-pooled last hidden states) is refused: the graphs compute the last layer for token 0 only.
     embeddings: str | None = None
     threshold: float | None = None  # multi-label decision threshold; None = DEFAULT_THRESHOLD
+    # auto: apply the temperature scaling recorded in bertbatch.json (probabilities and score are calibrated;
+    # logits stay raw); none: the raw softmax/sigmoid
+    calibration: Calibration = "auto"
+    # rows whose score is below this get a null label and the reason in `error` (probabilities kept)
+    min_score: float | None = None
     long_text: LongText = "truncate"
     stride: int = 64
     aggregate: Aggregate = "mean"  # window mode
@@ -206,6 +213,9 @@ class ScoreConfig:
         check_choice("--on-bad-rows", self.on_bad_rows, OnBadRows)
         check_choice("--format", self.output_format, OutputFormat, optional=True)
         check_choice("--tokenizer-backend", self.tokenizer_backend, TokenizerBackend)
+        check_choice("--calibration", self.calibration, Calibration)
+        if self.min_score is not None and not (_finite(self.min_score) and 0 <= self.min_score <= 1):
+            raise InputError(f"--min-score must be between 0 and 1; got {self.min_score}.")
         if (self.max_tokens or 1) < 1 or (self.max_batch_rows or 1) < 1 or self.window_rows < 1:
             raise InputError("--max-tokens, --max-batch-rows and --window-rows must be positive.")
         if self.embeddings == "mean":

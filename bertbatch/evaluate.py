@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibrate import brier, confidence_and_correct, expected_calibration_error, probabilities, reliability
 from .data import LabeledData, read_labeled
 from .errors import require
 from .manifest import write_json_atomic
@@ -22,6 +23,8 @@ from .modeldir import ModelDir
 log = logging.getLogger(__name__)
 
 DEFAULT_GRAPH = "default"
+MIN_SCORES = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.99)  # the risk-coverage table's --min-score values
+TARGET_ACCURACIES = (0.9, 0.95, 0.99)
 EXCLUDED_REASON = "null or empty text"
 
 
@@ -34,6 +37,7 @@ def evaluate(
     label_column: str = "label",
     label_delimiter: str = ",",
     threshold: float = 0.5,
+    min_scores=MIN_SCORES,
     **score_options,
 ) -> dict:
     """Metrics of each graph on labeled `data`; `score_options` are ScoreConfig fields (provider, threads, ...).
@@ -57,7 +61,7 @@ def evaluate(
     }
     logits_by_graph = {}
     for graph in graphs or (DEFAULT_GRAPH,):
-        key, logits, figures = _score_graph(model_dir, graph, labeled, threshold, score_options)
+        key, logits, figures = _score_graph(model_dir, graph, labeled, threshold, score_options, min_scores)
         if key in report["graphs"]:
             log.info("Graph %s asked twice (as %s); evaluated once.", key, graph)
             continue
@@ -79,7 +83,8 @@ def read_eval_data(data, model: ModelDir, text_column: str, label_column: str, l
 
 
 # ------------------------------------------------------------------------------------------------ metrics
-def _score_graph(model_dir, graph: str, labeled: LabeledData, threshold: float, score_options: dict):
+def _score_graph(model_dir, graph: str, labeled: LabeledData, threshold: float, score_options: dict,
+                 min_scores=MIN_SCORES):
     from .score import Scorer
 
     scorer = Scorer(model_dir, graph=None if graph == DEFAULT_GRAPH else graph, **score_options)
@@ -88,6 +93,7 @@ def _score_graph(model_dir, graph: str, labeled: LabeledData, threshold: float, 
     logits = scorer.logits(labeled.texts).logits
     seconds = time.perf_counter() - started
     figures = graph_metrics(logits, labeled.targets, scorer.model.labels, scorer.model.multi_label, threshold)
+    figures.update(calibration_figures(logits, labeled.targets, scorer.model.multi_label, scorer.temperature, min_scores))
     figures.update(
         file=scorer.graph,
         provider=scorer.runner.provider,
@@ -105,6 +111,61 @@ def graph_metrics(logits: np.ndarray, targets: np.ndarray, labels: list[str], mu
         figures["confusion"] = _label_counts(targets.astype(int), (probs >= threshold).astype(int), labels)
         figures["best_thresholds"] = best_thresholds(probs, targets.astype(int), labels)
     return figures
+
+
+def calibration_figures(logits: np.ndarray, targets: np.ndarray, multi_label: bool, temperature, min_scores) -> dict:
+    """ECE and Brier of the raw and the calibrated probabilities (the same when the model has no calibration),
+    the calibrated reliability bins, and the risk-coverage table of --min-score values."""
+    raw = probabilities(logits, multi_label)
+    calibrated = raw if temperature is None else probabilities(logits, multi_label, temperature)
+    return {
+        "calibration": None if temperature is None else [float(t) for t in temperature],
+        "ece_raw": expected_calibration_error(raw, targets, multi_label),
+        "ece": expected_calibration_error(calibrated, targets, multi_label),
+        "brier_raw": brier(raw, targets, multi_label),
+        "brier": brier(calibrated, targets, multi_label),
+        "reliability": {"raw": reliability(raw, targets, multi_label),
+                        "calibrated": reliability(calibrated, targets, multi_label)},
+        **risk_coverage(calibrated, targets, multi_label, min_scores),
+    }
+
+
+def risk_coverage(probs: np.ndarray, targets: np.ndarray, multi_label: bool, min_scores=MIN_SCORES,
+                  targets_accuracy=TARGET_ACCURACIES) -> dict:
+    """What `score --min-score P` would keep on this data: per P, the share of rows kept and their accuracy
+    (subset accuracy for multi-label); per target accuracy, the smallest observed score threshold reaching it."""
+    from .score import confidence
+
+    conf = confidence(probs.astype(np.float32), multi_label)
+    if multi_label:
+        correct = ((probs >= 0.5) == targets.astype(bool)).all(axis=1)
+    else:
+        correct = confidence_and_correct(probs, targets, False)[1]
+    table = []
+    for p in min_scores:
+        kept = conf >= np.float32(p)
+        table.append({"min_score": float(p), "coverage": float(kept.mean()) if len(kept) else 0.0,
+                      "rows_kept": int(kept.sum()), "accuracy": float(correct[kept].mean()) if kept.any() else None})
+    return {"risk_coverage": table, "min_score_for_accuracy": _thresholds_for(conf, correct, targets_accuracy)}
+
+
+def _thresholds_for(conf: np.ndarray, correct: np.ndarray, accuracies) -> dict:
+    """Per target accuracy: the smallest threshold (one of the observed scores) whose kept rows reach it."""
+    order = np.argsort(-conf, kind="stable")
+    sorted_conf, hits = conf[order], np.cumsum(correct[order])
+    # only where a threshold can cut: the last row of each run of equal scores
+    ends = np.r_[np.flatnonzero(np.diff(sorted_conf)), len(conf) - 1] if len(conf) else np.zeros(0, int)
+    accuracy = hits[ends] / (ends + 1)
+    out = {}
+    for target in accuracies:
+        reach = np.flatnonzero(accuracy >= target)
+        if not len(reach):
+            out[str(target)] = None
+            continue
+        best = ends[reach[-1]]  # the lowest threshold: the most rows kept at that accuracy
+        out[str(target)] = {"min_score": float(sorted_conf[best]), "coverage": float((best + 1) / len(conf)),
+                            "accuracy": float(accuracy[reach[-1]])}
+    return out
 
 
 def _label_counts(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict:
@@ -164,7 +225,33 @@ def summary_markdown(report: dict) -> str:
     lines += ["", *_graph_table(report, keys), "", *_class_table(report, keys)]
     if report["multi_label"]:
         lines += ["", *_threshold_table(graphs[keys[0]], keys[0])]
+    lines += ["", *_calibration_table(report, keys), "", *_risk_coverage_table(graphs[keys[0]], keys[0])]
     return "\n".join(lines) + "\n"
+
+
+def _calibration_table(report: dict, keys: list[str]) -> list[str]:
+    head = ["graph", "temperature", "ECE raw", "ECE", "Brier raw", "Brier"]
+    lines = ["Calibration (ECE: 15 equal-width bins on the top label's probability; lower is better):", "",
+             _row(head), _row(["---"] * len(head))]
+    for key in keys:
+        g = report["graphs"][key]
+        temperature = "none" if g["calibration"] is None else ", ".join(f"{t:.3f}" for t in g["calibration"])
+        lines.append(_row([key, temperature, f"{g['ece_raw']:.4f}", f"{g['ece']:.4f}", f"{g['brier_raw']:.4f}",
+                           f"{g['brier']:.4f}"]))
+    return lines
+
+
+def _risk_coverage_table(figures: dict, key: str) -> list[str]:
+    lines = [f"Risk-coverage ({key}): rows `score --min-score P` keeps on this data, and their accuracy:", "",
+             _row(["--min-score", "kept", "rows kept", "accuracy of kept"]), _row(["---"] * 4)]
+    for r in figures["risk_coverage"]:
+        accuracy = "n/a" if r["accuracy"] is None else f"{r['accuracy']:.4f}"
+        lines.append(_row([f"{r['min_score']:g}", f"{r['coverage']:.2%}", f"{r['rows_kept']:,}", accuracy]))
+    lines += ["", _row(["target accuracy", "smallest --min-score reaching it", "kept"]), _row(["---"] * 3)]
+    for target, best in figures["min_score_for_accuracy"].items():
+        lines.append(_row([target, "not reached" if best is None else f"{best['min_score']:.4f}",
+                           "" if best is None else f"{best['coverage']:.2%}"]))
+    return lines
 
 
 def _row(cells) -> str:
@@ -224,7 +311,31 @@ def write_report(report: dict, output_dir: str | Path) -> dict[str, Path]:
         files[f"{key}.csv"] = _write_csv(out / f"{stem}.csv", header, names, counts)
         axes = ("outcome", "label") if report["multi_label"] else ("predicted", "true")
         files[f"{key}.png"] = _plot_confusion(out / f"{stem}.png", key, header[1:], names, counts, axes)
+        files[f"{key}.reliability.png"] = _plot_reliability(out / f"reliability_{_file_key(key)}.png", key, figures)
     return files
+
+
+def _plot_reliability(path: Path, key: str, figures: dict) -> Path:
+    """Accuracy against mean confidence per bin, raw and calibrated, beside the diagonal of perfect calibration."""
+    require("matplotlib", "eval")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4.5, 4.5))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for name, ece_key, style in (("raw", "ece_raw", "o--"), ("calibrated", "ece", "s-")):
+        bins = [b for b in figures["reliability"][name] if b["rows"]]
+        ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], style,
+                label=f"{name} (ECE {figures[ece_key]:.3f})")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("confidence (top label's probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability ({key})")
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
 
 
 def _file_key(key: str) -> str:

@@ -32,7 +32,8 @@ LOCK = "_bertbatch.lock"
 FIXED_NAMES = (MANIFEST, SUCCESS, REJECTS, LOCK)
 # Options that change what lands in the output (values, columns, part boundaries or batch composition).
 RESULT_OPTIONS = (
-    "text_column", "text_pair_column", "keep", "max_length", "probs", "top_k", "logits", "embeddings", "threshold", "long_text",
+    "text_column", "text_pair_column", "keep", "max_length", "probs", "top_k", "logits", "embeddings", "threshold",
+    "long_text", "calibration", "min_score",
     "stride", "aggregate", "output_format", "on_bad_rows", "rows_per_part", "max_tokens", "max_batch_rows",
     "window_rows", "partition_by", "partition_types",
 )
@@ -221,7 +222,7 @@ def model_files_digest(model_root: Path, weights: Path | None) -> dict[str, str]
 
 
 def fingerprint(files: list[Path], model_files: dict[str, str], graph: str, provider: str, config: ScoreConfig,
-                fmt: str, max_length: int) -> dict:
+                fmt: str, max_length: int, calibration: dict | None = None) -> dict:
     """What a resume must find unchanged: the inputs' bytes, the bytes of the model files that run, the
     graph, provider, and every option that changes results."""
     options = {k: v for k, v in asdict(config).items() if k in RESULT_OPTIONS}
@@ -232,7 +233,9 @@ def fingerprint(files: list[Path], model_files: dict[str, str], graph: str, prov
     options["max_length"] = max_length  # resolved: the model's when not given
     options["threshold"] = config.decision_threshold  # resolved: 0.5 when not given
     inputs = [f.identity() for f in files]  # path or URI, size, mtime, sha256 of the bytes (source.InputFile)
-    return {"inputs": inputs, "model_files": model_files, "graph": graph, "provider": provider, "options": options}
+    # the applied temperature(s): bertbatch.json is not among the model files hashed, and `calibrate` rewrites it
+    return {"inputs": inputs, "model_files": model_files, "graph": graph, "provider": provider, "options": options,
+            "calibration": calibration}
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -246,9 +249,9 @@ def _differences(old: dict, new: dict) -> list[str]:
         changed = sorted(k for k in set(old.get("model_files", {})) | set(new["model_files"])
                          if old.get("model_files", {}).get(k) != new["model_files"].get(k))
         diffs.append(f"the model files that run ({', '.join(changed)})")
-    for key in ("graph", "provider"):
-        if old[key] != new[key]:
-            diffs.append(f"{key} ({old[key]} -> {new[key]})")
+    for key in ("graph", "provider", "calibration"):
+        if old.get(key) != new[key]:
+            diffs.append(f"{key} ({old.get(key)} -> {new[key]})")
     for key, value in new["options"].items():
         if old["options"].get(key) != value:
             diffs.append(f"--{key.replace('_', '-')} ({old['options'].get(key)} -> {value})")
@@ -346,11 +349,13 @@ class Job:
             self.save()
 
     def record(self, name: str, file_index: int, chunk: int, rows: int, errors: int, rejects: list[dict],
-               last: bool, files: dict[str, int] | None = None, sizes: dict[str, int] | None = None) -> None:
+               last: bool, files: dict[str, int] | None = None, sizes: dict[str, int] | None = None,
+               abstained: int = 0) -> None:
         parts = [p for p in self.state["parts"] if p["name"] != name]  # a retried part replaces its entry
         start = sum(p["rows"] for p in parts if p["file_index"] == file_index)
         entry = {"name": name, "file_index": file_index, "chunk": chunk, "row_start": start,
-                 "row_end": start + rows, "rows": rows, "errors": errors, "rejects": rejects}
+                 "row_end": start + rows, "rows": rows, "errors": errors, "rejects": rejects,
+                 "abstained": abstained}
         if files is not None:  # --partition-by: one file per partition, {relative name: rows}
             entry["files"] = files
         if sizes:  # bytes of each file at commit: --resume checks them (CSV and JSONL have no footer)
@@ -374,6 +379,10 @@ class Job:
 
     def errors(self) -> int:
         return sum(p["errors"] for p in self.state["parts"])
+
+    def abstained(self) -> int:
+        """Rows written without a label for --min-score (parts recorded before it existed count none)."""
+        return sum(p.get("abstained", 0) for p in self.state["parts"])
 
     def all_rejects(self) -> list[dict]:
         return [r for p in sorted(self.state["parts"], key=lambda p: p["name"]) for r in p["rejects"]]

@@ -118,7 +118,8 @@ def run_plan(plan: JobPlan, mover, progress=None) -> dict:
         job = None
         if layout.directory:
             fp = fingerprint(plan.files, plan.model_files, plan.metadata["bertbatch.graph"],
-                             plan.metadata["bertbatch.provider"], config, plan.fmt, plan.scorer.max_length)
+                             plan.metadata["bertbatch.provider"], config, plan.fmt, plan.scorer.max_length,
+                             plan.scorer.calibration)
             job = Job.start(layout.root, fp, config.resume, layout.run_id, replaces=layout.replaces)
             if config.resume:
                 layout.verify_parts(job.state["parts"])  # a part lost or damaged since the crash: say so now
@@ -238,6 +239,7 @@ def summarize(plan: JobPlan, totals: dict, resumed: bool, **extra) -> dict:
         rows_written=totals["rows_written"],
         rows_scored=totals["rows_written"] - totals["rows_with_error"],
         rows_with_error=totals["rows_with_error"],
+        rows_abstained=totals.get("rows_abstained", 0),  # --min-score: scored and written, without a label
         rows_rejected=totals["rows_rejected"],
         rows_this_run=run_rows,
         resumed=resumed,
@@ -250,6 +252,7 @@ def summarize(plan: JobPlan, totals: dict, resumed: bool, **extra) -> dict:
         threads=scorer.runner.threads,
         settings=scorer.settings_reason,  # why this graph, budget and threads: explicit, tuned, or safe defaults
         tokenizer=scorer.tokenizer_backend,  # nanotoken or the tokenizers library (same ids)
+        calibration=scorer.calibration,  # the temperature(s) applied to probabilities and score, or None
         output="-" if layout.stdout else str(layout.output),
         parts=[str(p) for p in layout.list_parts()] if layout.directory else None,
         rejects=str(layout.rejects_path) if layout.rejects_path and plan.config.on_bad_rows == "reject" else None,

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .batching import DEFAULT_BUDGET, GPU_BUCKETS, pad_rows, plan_batches
+from .calibrate import recorded_temperature
 from .config import ScoreConfig
 from .embedding import embedding_size
 from .errors import InputError, ModelError
@@ -89,6 +90,9 @@ class Scorer:
         # the pre-Protocol name kept for callers that read it: the graph's path, "torch", or "custom" for a
         # runner the caller built that runs no file (new code reads graph_file)
         self.graph = runner.graph or ("torch" if isinstance(runner, TorchRunner) else "custom")
+        # the recorded temperature(s) that divide the logits before softmax/sigmoid; None: raw probabilities
+        self.temperature = (recorded_temperature(self.model.manifest, self.model.labels, self.model.multi_label)
+                            if config.calibration == "auto" else None)
         on_gpu = runner.provider == CUDA
         self.buckets = GPU_BUCKETS if on_gpu else None
         default_tokens, default_rows = DEFAULT_BUDGET["cuda" if on_gpu else "cpu"]
@@ -102,6 +106,14 @@ class Scorer:
         self._wordpiece = wordpiece_twin(self.tokenizer) if config.tokenizer_backend == "auto" else None
         check_consistency(self.model, self.tokenizer, runner)
         self.embedding_size = check_embeddings(self.model, runner) if config.embeddings else None
+
+    @property
+    def calibration(self) -> dict | None:
+        """The calibration applied to probabilities and scores (in job fingerprints and summaries), or None."""
+        if self.temperature is None:
+            return None
+        return {"method": self.model.manifest["calibration"]["method"],
+                "temperature": [float(t) for t in self.temperature]}
 
     @property
     def tokenizer_backend(self) -> str:
@@ -206,7 +218,9 @@ class Scorer:
             seg_logits[batch.rows] = logits
             real += int(mask.sum())
             padded += mask.size
-        seg_probs = _sigmoid(seg_logits) if self.model.multi_label else _softmax(seg_logits)
+        # a calibration is a division after the graph: each row's values stay independent of its batch-mates
+        scaled = seg_logits if self.temperature is None else seg_logits / self.temperature
+        seg_probs = _sigmoid(scaled) if self.model.multi_label else _softmax(scaled)
         probs = np.full((encoded.n, k), np.nan, dtype=np.float32)
         logits = np.full((encoded.n, k), np.nan, dtype=np.float32)
         windows = np.bincount(encoded.owner, minlength=encoded.n)
@@ -422,18 +436,19 @@ def result_columns(result: Result, labels: list[str], multi_label: bool, config:
     """The output columns that follow the kept input columns (see ARCHITECTURE.md, output schema).
 
     Built from numpy arrays by Arrow kernels (take, list offsets): no Python object per row."""
-    n = len(result.errors)
-    ok = np.equal(np.asarray(result.errors, dtype=object), None) if n else np.zeros(0, dtype=bool)
+    ok = _scored(result)
+    held = abstained(result, multi_label, config)
+    labeled = ok & ~held  # abstained rows keep their score and probabilities, not a label
     probs = result.probs
     columns: dict[str, pa.Array] = {}
     names = pa.array(labels, pa.string())
     if multi_label:
-        chosen = (probs >= config.decision_threshold) & ok[:, None]
+        chosen = (probs >= config.decision_threshold) & labeled[:, None]
         _, label_index = np.nonzero(chosen)  # row by row, labels in their order
-        columns["labels"] = _lists(chosen.sum(axis=1), names.take(label_index), ok)
+        columns["labels"] = _lists(chosen.sum(axis=1), names.take(label_index), labeled)
     else:
         best = np.where(ok, np.nan_to_num(probs, nan=-1).argmax(axis=1), 0)
-        columns["label"] = names.take(pa.array(best, mask=~ok))
+        columns["label"] = names.take(pa.array(best, mask=~labeled))
         columns["score"] = pa.array(probs[np.arange(len(best)), best], pa.float32(), mask=~ok)
     if config.probs:
         for j, name in enumerate(labels):
@@ -455,8 +470,43 @@ def result_columns(result: Result, labels: list[str], multi_label: bool, config:
     columns["truncated"] = pa.array(result.truncated)
     if config.long_text == "window":
         columns["windows"] = pa.array(result.windows.astype(np.int32))
-    columns["error"] = pa.array(result.errors, pa.string())
+    errors = result.errors
+    if held.any():
+        errors = list(errors)
+        for i in np.flatnonzero(held).tolist():
+            errors[i] = _abstain_reason(probs[i], labels, multi_label, config.min_score)
+    columns["error"] = pa.array(errors, pa.string())
     return columns
+
+
+def _scored(result: Result) -> np.ndarray:
+    """Rows that got probabilities (no null/empty/invalid text)."""
+    n = len(result.errors)
+    return np.equal(np.asarray(result.errors, dtype=object), None) if n else np.zeros(0, dtype=bool)
+
+
+def confidence(probs: np.ndarray, multi_label: bool) -> np.ndarray:
+    """What --min-score compares: the top label's probability; for multi-label the least sure label decision,
+    min over labels of max(p, 1 - p) (a label whose probability lies between 1 - P and P is undecided)."""
+    if not len(probs):
+        return np.zeros(0, dtype=np.float32)
+    safe = np.nan_to_num(probs, nan=1.0)
+    return np.maximum(safe, 1 - safe).min(axis=1) if multi_label else safe.max(axis=1)
+
+
+def abstained(result: Result, multi_label: bool, config: ScoreConfig) -> np.ndarray:
+    """Scored rows whose confidence is below --min-score (compared in float32, as written)."""
+    ok = _scored(result)
+    if config.min_score is None:
+        return np.zeros_like(ok)
+    return ok & (confidence(result.probs, multi_label) < np.float32(config.min_score))
+
+
+def _abstain_reason(p: np.ndarray, labels: list[str], multi_label: bool, min_score: float) -> str:
+    if multi_label:
+        j = int(np.argmin(np.maximum(p, 1 - p)))
+        return f"label {labels[j]} probability {p[j]:.4g} is undecided at --min-score {min_score:g}"
+    return f"score {p.max():.4g} below --min-score {min_score:g}"
 
 
 def _lists(counts: np.ndarray, values: pa.Array, ok: np.ndarray) -> pa.ListArray:

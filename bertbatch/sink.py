@@ -21,7 +21,7 @@ from pyarrow import csv
 from .errors import InputError, OutputError, describe_os_error
 from .job import (LOCK, MANIFEST, REJECTS, SUCCESS, Job, JobLock, StoreLock, _fsync_dir, create_temp, new_run_id, owned_names,
                   owned_temp, publish, read_manifest, remove_spool)
-from .score import Result, Scorer
+from .score import Result, Scorer, abstained
 from .source import HIVE_NULL
 from .storage import Location, is_uri, local_file_path
 
@@ -603,7 +603,8 @@ class OutputLayout:
         if rejects is not None and self.rejects_path is not None:
             write_rejects(rejects, self.rejects_path, self.run_id)
         if job is not None:
-            job.finish({k: totals[k] for k in ("rows_in", "rows_written", "rows_rejected", "rows_with_error")})
+            job.finish({k: totals[k] for k in ("rows_in", "rows_written", "rows_rejected", "rows_with_error",
+                                                  "rows_abstained")})
         self.finish_success()
 
     def finish_success(self) -> None:
@@ -834,6 +835,8 @@ class Writer:
         self.schema = scorer.output_schema(kept).with_metadata(metadata)
         self.sink = self.key = None
         self.rows_this_run = self.real = self.padded = self.errors = self.part_errors = 0
+        self.multi_label = scorer.model.multi_label
+        self.abstained = self.part_abstained = 0  # --min-score: written, scored, without a label
         self.rows_before = sum(p["rows"] for p in job.state["parts"]) if job else 0
         self.known_rejects = job.reject_keys() if job else set()
         self.rejects_taken = 0
@@ -862,6 +865,9 @@ class Writer:
         errors = sum(e is not None for e in result.errors)
         self.errors += errors
         self.part_errors += errors
+        held = int(abstained(result, self.multi_label, self.config).sum())
+        self.abstained += held
+        self.part_abstained += held
 
     def _target(self) -> str:
         """What failed, with the option behind it."""
@@ -895,8 +901,8 @@ class Writer:
         self.sink = self.key = None
         if self.job:
             self.job.record(sink.path.name, index, chunk, sink.rows, self.part_errors, self._new_rejects(rejects), last,
-                            files=getattr(sink, "files", None), sizes=sizes)
-        self.part_errors = 0
+                            files=getattr(sink, "files", None), sizes=sizes, abstained=self.part_abstained)
+        self.part_errors = self.part_abstained = 0
 
     def close(self, rejects, expected_rows: int | None) -> dict:
         if self.sink is not None:
@@ -909,6 +915,7 @@ class Writer:
             all_rejects = self.job.all_rejects() if rejects is not None else []
             written = self.layout.verify_parts(self.job.state["parts"])
             self.errors = self.job.errors()
+            self.abstained = self.job.abstained()
         else:
             all_rejects = self._new_rejects(rejects)
             written = self.rows_this_run
@@ -916,7 +923,7 @@ class Writer:
         if expected_rows is not None and rows_in != expected_rows:
             raise InputError(f"Row conservation failed: the inputs hold {expected_rows} rows, {rows_in} were accounted for.")
         totals = {"rows_in": rows_in, "rows_written": written, "rows_rejected": len(all_rejects),
-                  "rows_with_error": self.errors, "rows_this_run": self.rows_this_run,
+                  "rows_with_error": self.errors, "rows_abstained": self.abstained, "rows_this_run": self.rows_this_run,
                   "real_tokens": self.real, "padded_tokens": self.padded}
         self.layout.finish(all_rejects if rejects is not None else None, self.job, totals)
         return totals

@@ -126,6 +126,7 @@ def score_files(inputs, output: str | Path, model_dir: str | Path, config: Score
         rows_written=counts["rows_written"],
         rows_scored=counts["rows_written"] - counts["errors"],
         rows_with_error=counts["errors"],
+        rows_abstained=counts["abstained"],
         rows_rejected=0,  # Spark reads CSV in FAILFAST mode: a bad row fails the job
         rows_this_run=counts["rows_written"],
         resumed=False,
@@ -168,11 +169,14 @@ def _write_scored(spark, files, output: str, model_dir, config: ScoreConfig, shi
         raise _translate(exc, output) from exc
     written = spark.read.parquet(output)
     rows_written = written.count()
+    abstained = F.col("error").contains("--min-score") & F.col("error").isNotNull()
     conserve(rows_in, rows_written, output)
     return {
         "rows_in": rows_in,
         "rows_written": rows_written,
-        "errors": written.where(F.col("error").isNotNull()).count(),
+        # --min-score rows carry their reason in `error` but were scored: counted apart, as the local engine does
+        "errors": written.where(F.col("error").isNotNull() & ~abstained).count(),
+        "abstained": written.where(abstained).count() if config.min_score is not None else 0,
         "providers": dict(tally.value),
         "master": spark.sparkContext.master,
         "input_partitions": before,

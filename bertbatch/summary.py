@@ -6,8 +6,8 @@ Keys an engine cannot know are None (Spark has no resume and no token counts; th
 from __future__ import annotations
 
 KEYS = (
-    "engine", "rows_in", "rows_written", "rows_scored", "rows_with_error", "rows_rejected", "rows_this_run",
-    "resumed", "seconds", "rows_per_s", "tokens_per_s", "padding_ratio", "provider", "graph", "threads", "settings",
+    "engine", "rows_in", "rows_written", "rows_scored", "rows_with_error", "rows_abstained", "rows_rejected", "rows_this_run",
+    "resumed", "seconds", "rows_per_s", "tokens_per_s", "padding_ratio", "provider", "graph", "threads", "settings", "calibration",
     "tokenizer",
     "output", "parts", "rejects",
     # distributed engines

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .assets import resolve_model
+from .calibrate import calibration_measures, fit_record, recorded_temperature
 from .checkpoint import load_classifier, load_tokenizer
 from .config import TrainConfig
 from .data import LabeledData, file_hashes, read_labeled, split
@@ -68,6 +69,7 @@ def fine_tune(data: str | Path, output: str | Path, config: TrainConfig | None =
         test = trainer.predict(encode(test_set))
         test_metrics = metrics_from_logits(test.predictions, test.label_ids, test_set.labels, config.multi_label)
         val_metrics = trainer.evaluate()
+        calibration = _fit_calibration(trainer.predict(encode(val_set)), test, train_set.labels, config, data)
 
         staging = Path(workdir) / "model"
         model = trainer.model
@@ -94,10 +96,22 @@ def fine_tune(data: str | Path, output: str | Path, config: TrainConfig | None =
                 "versions": versions("torch", "transformers"),
             },
             "weights_hash": sha256_file(staging / "model.safetensors"),
+            "calibration": calibration,
         }
         write_json_atomic(staging / MANIFEST, manifest)
         replace_dir(staging, output)
     return manifest
+
+
+def _fit_calibration(val, test, labels: list[str], config: TrainConfig, data) -> dict:
+    """Temperature scaling fitted on the best model's validation logits, with its effect on the test split."""
+    source = config.validation_data or f"the validation split of {data}"
+    record = fit_record(val.predictions, val.label_ids, labels, config.multi_label, f"validation: {source}")
+    temperature = recorded_temperature({"calibration": record}, labels, config.multi_label)
+    record["test"] = {"rows": int(len(test.label_ids)),
+                      "before": calibration_measures(test.predictions, test.label_ids, config.multi_label),
+                      "after": calibration_measures(test.predictions, test.label_ids, config.multi_label, temperature)}
+    return record
 
 
 def _check_output(output: Path, overwrite: bool) -> None:

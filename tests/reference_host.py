@@ -89,6 +89,7 @@ class Options:
     top_k: int | None = None
     logits: bool = False
     threshold: float = 0.5
+    calibration: str = "auto"  # auto: the temperature bertbatch.json records divides the logits; none: raw
 
 
 @dataclass
@@ -153,8 +154,19 @@ class ReferenceScorer:
         window = self.config.long_text == "window"
         self.tokenizer.enable_truncation(self.max_length, stride=self.config.stride if window else 0)
         self.runner = runner or OnnxSession(self.path / GRAPHS[self.config.graph])
+        self.temperature = self._temperature() if self.config.calibration == "auto" else None
         self.max_tokens = self.config.max_tokens or CPU_MAX_TOKENS
         self.max_batch_rows = self.config.max_batch_rows or CPU_MAX_ROWS
+
+    def _temperature(self):
+        """The documented calibration record of bertbatch.json: softmax(logits / T); per label for multi-label."""
+        manifest = self.path / "bertbatch.json"
+        record = json.loads(manifest.read_text()).get("calibration") if manifest.exists() else None
+        if not record or record.get("method") != "temperature":
+            return None
+        if self.multi_label:
+            return np.array([record["temperatures"][name] for name in self.labels], dtype=np.float32)
+        return np.float32(record["temperature"])
 
     def _model_max_length(self, model_config: dict) -> int:
         """bertbatch.json's max_length, else tokenizer_config.json's model_max_length when sane, else the position
@@ -214,7 +226,8 @@ class ReferenceScorer:
         to_probs = sigmoid if self.multi_label else softmax
         by_row = {}  # row -> its segments' (probs, logits), in segment order
         for row, row_logits in zip(encoded.owner, seg_logits):
-            by_row.setdefault(row, []).append((to_probs(row_logits), row_logits))
+            scaled = row_logits if self.temperature is None else (row_logits / self.temperature).astype(np.float32)
+            by_row.setdefault(row, []).append((to_probs(scaled), row_logits))
         probs = np.full((encoded.n, k), np.nan, dtype=np.float32)
         logits = np.full((encoded.n, k), np.nan, dtype=np.float32)
         windows = np.zeros(encoded.n, dtype=np.int64)
