@@ -6,7 +6,6 @@ Every runner satisfies `Runner`; the scorer uses nothing else of it.
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
@@ -14,6 +13,7 @@ from typing import Callable, Protocol, runtime_checkable
 import numpy as np
 
 from .errors import ModelError, require
+from .machine import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +39,6 @@ class Runner(Protocol):
     def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None) -> np.ndarray:
         """(rows, length) int64 inputs -> (rows, num_labels) float32 logits."""
         ...
-
-
-def available_cpus() -> int:
-    """CPUs this process may use: scheduler affinity, capped by a cgroup v2 CPU quota, not the host's count."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS/Windows
-        count = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            count = min(count, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return count
 
 
 def available_providers() -> list[str]:

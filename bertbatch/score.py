@@ -21,7 +21,7 @@ from .errors import InputError, ModelError
 from .modeldir import ModelDir
 from .runtime import CUDA, OrtRunner, Runner, TorchRunner, available_cpus, resolve_provider
 from .tokenize import Tokens, ascii_twin, tokenize, wordpiece_twin
-from .tune import choose_settings
+from .settings import choose_settings
 
 log = logging.getLogger(__name__)
 
