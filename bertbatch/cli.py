@@ -281,9 +281,8 @@ def export(model_dir, quantize, run_tune, tune_seconds, **options):
     for graph in section["graphs"].values():
         click.echo(graph_line(graph))
     if run_tune:
-        from .tune import record_line, tune
-
         from .config import TuneConfig
+        from .tune import record_line, tune
 
         click.echo(record_line(tune(model_dir, TuneConfig(seconds=tune_seconds, rows=128))))
 
@@ -302,11 +301,10 @@ def tune_(ctx, model_dir, graphs, quiet, silent, **options):
     """Time MODEL_DIR's graphs x batch budgets x threads on this machine; record the fastest that passes the
     gates in bertbatch.json under this machine's signature (CPU, ISA flags, CPUs, provider, onnxruntime).
     `score` uses the record on a machine with the same signature, else safe defaults."""
+    from .config import TuneConfig
     from .tune import record_line, tune
 
     progress = None if _quiet(ctx, quiet, silent) else (lambda line: click.echo(line, err=True))
-    from .config import TuneConfig
-
     record = tune(model_dir, TuneConfig(graphs=_csv_list(graphs), **options), progress=progress)
     click.echo(record_line(record))
 

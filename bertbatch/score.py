@@ -95,8 +95,9 @@ class Scorer:
         self.tokenize_threads = min(config.threads or available_cpus(), available_cpus())
         self._pool: ThreadPoolExecutor | None = None
         self._single_types = any(self.tokenizer.encode("a").type_ids)
-        self._ascii_tokenizer = ascii_twin(self.tokenizer)
-        self._wordpiece = wordpiece_twin(self.tokenizer) if config.tokenizer_backend == "auto" else None
+        serialized = self.tokenizer.to_str()  # once, for both twins
+        self._ascii_tokenizer = ascii_twin(self.tokenizer, serialized)
+        self._wordpiece = wordpiece_twin(self.tokenizer, serialized) if config.tokenizer_backend == "auto" else None
         check_consistency(self.model, self.tokenizer, runner)
 
     @property
