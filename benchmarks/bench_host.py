@@ -104,11 +104,9 @@ def measure(code: Path, cpus: int, model: Path, data: Path, warmup: Path, out: P
 
 
 def isa_flags() -> list[str]:
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    present = set(flags.split(":", 1)[1].split())
+    from bertbatch.machine import cpu_flags
+
+    present = cpu_flags()
     return [f for f in ISA if f in present]
 
 

@@ -175,7 +175,7 @@ def interleaved(model: str, graphs: dict, texts: list[str], rounds: int) -> dict
 
 def interleaved_main(args) -> None:
     """--interleave N: the graphs and static int8 variants timed in alternating rounds; one JSON line."""
-    from bertbatch.tune import machine_signature
+    from bertbatch.machine import machine_signature
 
     model = Path(args.model)
     with tempfile.TemporaryDirectory() as tmp:
@@ -221,8 +221,9 @@ def main() -> None:
     missing = [g for g in GRAPHS if not (model / "onnx" / f"model_{g.replace('-', '_')}.onnx").exists() and g != "fp32"]
     if missing:
         raise SystemExit(f"{model} lacks {missing}: `bertbatch export {model} --int8-dynamic` first.")
-    from bertbatch.export import out_of_domain_texts
-    from bertbatch.tune import machine_signature, record_line, tune
+    from bertbatch.gates import out_of_domain_texts
+    from bertbatch.machine import machine_signature
+    from bertbatch.tune import record_line, tune
 
     sms, truth, sms_note = heldout_sms(model)
     if args.heldout_rows and args.heldout_rows < len(sms):

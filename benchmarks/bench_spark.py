@@ -50,10 +50,9 @@ def session(master: str, scratch: Path):
 
 def isa_flags() -> list[str]:
     """The SIMD flags ONNX Runtime's kernels care about, as /proc/cpuinfo lists them (Linux)."""
-    try:
-        flags = next(l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return []
+    from bertbatch.machine import cpu_flags
+
+    flags = cpu_flags()
     return [f for f in ("avx2", "fma", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8") if f in flags]
 
 

@@ -129,7 +129,7 @@ def median_seconds(fn, runs: int, warmup: int = 1) -> tuple[float, list[float]]:
 
 # ------------------------------------------------------------------------------------------------ context
 def cpu_name() -> str:
-    from bertbatch.bench import cpu_model
+    from bertbatch.machine import cpu_model
 
     return cpu_model()
 

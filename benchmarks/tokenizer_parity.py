@@ -39,7 +39,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from bertbatch.assets import sms_spam_table
-    from bertbatch.export import out_of_domain_texts
+    from bertbatch.gates import out_of_domain_texts
     from bertbatch.modeldir import ModelDir
     from bertbatch.tokenize import tokenize, wordpiece_twin
 

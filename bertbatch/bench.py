@@ -11,14 +11,16 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from .batching import GPU_BUCKETS, pad, plan_batches
+from .config import BenchConfig
 from .errors import InputError, ModelError, require
 from .source import read_whole_table
+from .machine import cpu_model
 from .manifest import versions
 from .modeldir import GRAPH_FILES, ModelDir
 from .runtime import CUDA, OrtRunner, TorchRunner, available_cpus, resolve_provider
@@ -37,35 +39,26 @@ class Case:
     batches: list  # (input_ids, attention_mask, token_type_ids)
 
 
-def benchmark(
-    model_dir: str | Path,
-    graphs=None,
-    provider: str = "auto",
-    batch_sizes=(1, 8, 32),
-    seq_lengths=(16, 64, 128, 256),
-    runs: int = 20,
-    warmup: int = 3,
-    data: str | Path | None = None,
-    text_column: str = "text",
-    threads: int | None = None,
-    output_dir: str | Path | None = None,
-) -> list[dict]:
-    """One record per graph x batch size x sequence length (x batch size only, with `data`).
+def benchmark(model_dir: str | Path, config: BenchConfig | None = None, output_dir: str | Path | None = None,
+              **overrides) -> list[dict]:
+    """One record per graph x batch size x sequence length (x batch size only, with `config.data`); overrides:
+    BenchConfig fields.
 
     `graphs`: fp32 | int8 | fp16 | torch | .onnx paths; None = every ONNX graph present that suits the provider.
     Each record carries latency percentiles (ms per batch), rows/s and the context (hardware, versions, threads).
     """
-    _check_settings(batch_sizes, seq_lengths, runs, warmup, threads)
+    config = replace(config or BenchConfig(), **overrides)
+    runs, warmup, data = config.runs, config.warmup, config.data
     model = ModelDir.open(model_dir)
-    provider = resolve_provider(provider)
-    keys = select_graphs(model, graphs, provider)
+    provider = resolve_provider(config.provider)
+    keys = select_graphs(model, config.graphs, provider)
     if data is None:
-        cases = synthetic_cases(model, batch_sizes, seq_lengths)
+        cases = synthetic_cases(model, config.batch_sizes, config.seq_lengths)
     else:
-        cases = data_cases(model, data, text_column, batch_sizes, provider)
+        cases = data_cases(model, data, config.text_column, config.batch_sizes, provider)
     results = []
     for key in keys:
-        runner = make_runner(model, key, provider, threads)
+        runner = make_runner(model, key, provider, config.threads)
         context = run_context(model, key, runner, runs, warmup, data)
         for case in cases:
             results.append({**context, **measure(runner, case, runs, warmup)})
@@ -77,16 +70,6 @@ def benchmark(
 
 
 # ------------------------------------------------------------------------------------------------ setup
-def _check_settings(batch_sizes, seq_lengths, runs, warmup, threads) -> None:
-    for name, values in (("--batch-sizes", batch_sizes), ("--seq-lengths", seq_lengths)):
-        if not values or any(int(v) < 1 for v in values):
-            raise InputError(f"{name} must be positive integers, e.g. 1,8,32; got {list(values or [])}.")
-    if runs < 1 or warmup < 0:
-        raise InputError(f"--runs must be at least 1 and --warmup at least 0; got runs={runs}, warmup={warmup}.")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads must be at least 1; got {threads}.")
-
-
 def _model_config(model: ModelDir) -> dict:
     return model.config
 
@@ -234,17 +217,6 @@ def hardware() -> dict:
         "system": platform.platform(),
         "python": platform.python_version(),
     }
-
-
-def cpu_model() -> str:
-    """The CPU's marketing name from /proc/cpuinfo (Linux), else what platform reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith(("model name", "hardware", "cpu model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ------------------------------------------------------------------------------------------------ reports

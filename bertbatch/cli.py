@@ -281,9 +281,10 @@ def export(model_dir, quantize, run_tune, tune_seconds, **options):
     for graph in section["graphs"].values():
         click.echo(graph_line(graph))
     if run_tune:
+        from .config import TuneConfig
         from .tune import record_line, tune
 
-        click.echo(record_line(tune(model_dir, seconds=tune_seconds, rows=128)))
+        click.echo(record_line(tune(model_dir, TuneConfig(seconds=tune_seconds, rows=128))))
 
 
 @cli.command("tune")
@@ -300,10 +301,11 @@ def tune_(ctx, model_dir, graphs, quiet, silent, **options):
     """Time MODEL_DIR's graphs x batch budgets x threads on this machine; record the fastest that passes the
     gates in bertbatch.json under this machine's signature (CPU, ISA flags, CPUs, provider, onnxruntime).
     `score` uses the record on a machine with the same signature, else safe defaults."""
+    from .config import TuneConfig
     from .tune import record_line, tune
 
     progress = None if _quiet(ctx, quiet, silent) else (lambda line: click.echo(line, err=True))
-    record = tune(model_dir, graphs=_csv_list(graphs), progress=progress, **options)
+    record = tune(model_dir, TuneConfig(graphs=_csv_list(graphs), **options), progress=progress)
     click.echo(record_line(record))
 
 
@@ -424,7 +426,7 @@ def score(ctx, model_dir, inputs, output, keep, quiet, silent, engine, address, 
     """Label CSV/Parquet rows with MODEL_DIR's ONNX graph; one output row per input row, in order.
 
     MODEL_DIR, INPUTS and -o take local paths or store URIs (s3://, gs://, abfs://, hdfs://, fsspec schemes)."""
-    from .config import ScoreConfig
+    from .config import ScoreConfig, SparkConfig
     from .pipeline import score_file
 
     silent = _quiet(ctx, quiet, silent)
@@ -435,9 +437,10 @@ def score(ctx, model_dir, inputs, output, keep, quiet, silent, engine, address, 
             raise click.UsageError("--partition-by is available with --engine local only.")
         from .spark import score_files
 
-        summary = score_files(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options), master=master,
-                              ship_model=ship_model, repartition=repartition, partitions=partitions,
-                              spark_conf=_key_values(spark_conf))
+        engine_config = SparkConfig(master=master, ship_model=ship_model, repartition=repartition,
+                                    partitions=partitions, spark_conf=_key_values(spark_conf))
+        summary = score_files(list(inputs), output, model_dir, ScoreConfig(keep=_csv_list(keep), **options),
+                              engine_config)
         if not silent:
             click.echo(json.dumps(summary))
         return
@@ -523,16 +526,17 @@ def calibrate(model_dir, data, **options):
 @click.option("--min-scores", help="Comma-separated --min-score values of the risk-coverage table "
               "(default: 0.5 to 0.99).")
 @_friendly
-def eval_(model_dir, data, graphs, min_scores, **options):
+def eval_(model_dir, data, graphs, output_dir, min_scores, **options):
     """Metrics of MODEL_DIR's graph(s) on labeled DATA; prints a Markdown summary."""
-    from .evaluate import evaluate
+    from .config import EvalConfig
+    from .evaluate import DEFAULT_GRAPH, evaluate
 
     if min_scores:
-        options["min_scores"] = _float_list(min_scores)
-    report = evaluate(model_dir, data, graphs=_csv_list(graphs), **options)
+        options["min_scores"] = tuple(_float_list(min_scores))
+    report = evaluate(model_dir, data, output_dir, EvalConfig(graphs=_csv_list(graphs) or (DEFAULT_GRAPH,), **options))
     click.echo(report["summary"], nl=False)
-    if options["output_dir"]:
-        click.echo(f"\nReport written to {options['output_dir']}")
+    if output_dir:
+        click.echo(f"\nReport written to {output_dir}")
 
 
 @cli.command()
@@ -551,14 +555,15 @@ def eval_(model_dir, data, graphs, min_scores, **options):
 @click.option("--output", "-o", "output_dir", type=click.Path(file_okay=False),
               help="Directory for results.jsonl, summary.md and latency.png.")
 @_friendly
-def bench(model_dir, graphs, **options):
+def bench(model_dir, graphs, output_dir, **options):
     """Latency percentiles and rows/s of MODEL_DIR's graphs on this machine; prints a table."""
     from .bench import benchmark, summary_markdown
+    from .config import BenchConfig
 
-    results = benchmark(model_dir, graphs=_csv_list(graphs), **options)
+    results = benchmark(model_dir, BenchConfig(graphs=_csv_list(graphs), **options), output_dir)
     click.echo(summary_markdown(results), nl=False)
-    if options["output_dir"]:
-        click.echo(f"\nResults written to {options['output_dir']}")
+    if output_dir:
+        click.echo(f"\nResults written to {output_dir}")
 
 
 def main():

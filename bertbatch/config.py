@@ -251,3 +251,98 @@ class ScoreConfig:
                              f"[CLS] text [SEP]); got {self.max_length}. Leave it out for the model's maximum.")
         if isinstance(self.stride, bool) or self.stride < 0:
             raise InputError(f"--stride must be 0 or more tokens shared by consecutive windows; got {self.stride}.")
+
+
+def _check_budget(threads: int | None, max_tokens: int | None = None) -> None:
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be at least 1; got {threads}.")
+    if max_tokens is not None and max_tokens < 1:
+        raise InputError(f"--max-tokens must be positive; got {max_tokens}.")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    # fp32 | int8 | fp16 | torch | an .onnx path | default (the graph the scorer picks for the provider)
+    graphs: tuple[str, ...] = ("default",)
+    text_column: str = "text"
+    label_column: str = "label"
+    label_delimiter: str = ","  # multi-label cells
+    threshold: float = 0.5  # multi-label decision threshold
+    provider: Provider = "auto"
+    threads: int | None = None
+    max_tokens: int | None = None  # None = as `score`: this machine's tune record, else the provider's budget
+    max_length: int | None = None
+    # the --min-score values of the risk-coverage table; None = evaluate.MIN_SCORES (0.5 to 0.99)
+    min_scores: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        check_choice("--provider", self.provider, Provider)
+        _check_budget(self.threads, self.max_tokens)
+        for value in self.min_scores or ():
+            if not (_finite(value) and 0 <= value <= 1):
+                raise InputError(f"--min-scores must be numbers between 0 and 1; got {list(self.min_scores)}.")
+
+    def score_options(self) -> dict:
+        """The ScoreConfig fields each graph's Scorer takes."""
+        return {"provider": self.provider, "threads": self.threads, "max_tokens": self.max_tokens,
+                "max_length": self.max_length}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    graphs: tuple[str, ...] | None = None  # None = every ONNX graph present that suits the provider
+    provider: Provider = "auto"
+    batch_sizes: tuple[int, ...] = (1, 8, 32)
+    seq_lengths: tuple[int, ...] = (16, 64, 128, 256)  # synthetic mode only
+    runs: int = 20  # timed batches per measurement
+    warmup: int = 3  # untimed batches before timing
+    data: str | None = None  # real texts (their length mix) instead of synthetic ones
+    text_column: str = "text"
+    threads: int | None = None
+
+    def __post_init__(self):
+        check_choice("--provider", self.provider, Provider)
+        for name, values in (("--batch-sizes", self.batch_sizes), ("--seq-lengths", self.seq_lengths)):
+            if not values or any(int(v) < 1 for v in values):
+                raise InputError(f"{name} must be positive integers, e.g. 1,8,32; got {list(values or [])}.")
+        if self.runs < 1 or self.warmup < 0:
+            raise InputError(f"--runs must be at least 1 and --warmup at least 0; got runs={self.runs}, "
+                             f"warmup={self.warmup}.")
+        _check_budget(self.threads)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    provider: Provider = "auto"
+    seconds: float = 60.0  # time budget for measuring
+    rows: int = 512  # validation texts timed per measurement
+    graphs: tuple[str, ...] | None = None  # None = every batch-invariant candidate for the provider
+
+    def __post_init__(self):
+        check_choice("--provider", self.provider, Provider)
+        if self.seconds <= 0 or self.rows < 1:
+            raise InputError(f"tune needs a positive time budget and row count; got {self.seconds}s, {self.rows} rows.")
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """How the Spark engine runs a job (the scoring options stay in ScoreConfig)."""
+
+    master: str = "local[*]"  # used when no SparkSession is active
+    # None: ship a zip of the model unless the master is local; False: executors read the same path
+    ship_model: bool | None = None
+    repartition: bool = True  # spread input with fewer partitions than `partitions` over that many
+    partitions: int | None = None  # None = Spark's default parallelism
+    spark_conf: dict | None = None  # settings of the session bertbatch starts
+
+    def __post_init__(self):
+        if self.partitions is not None and self.partitions < 1:
+            raise InputError(f"--partitions must be at least 1; got {self.partitions}.")
+
+
+def split_overrides(overrides: dict, cls) -> tuple[dict, dict]:
+    """(the overrides that are fields of dataclass `cls`, the rest)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(cls)}
+    return ({k: v for k, v in overrides.items() if k in names}, {k: v for k, v in overrides.items() if k not in names})

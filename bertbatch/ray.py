@@ -72,7 +72,7 @@ def score(dataset, model_dir: str | Path, config: ScoreConfig | None = None, *, 
     keep, kept = check_schema(_arrow_schema(dataset), config, "the Ray Dataset")
     model = ModelDir.open(Path(model_dir).resolve())
     output_schema(kept, model.labels, model.multi_label, config)  # refuses an input column named like an output one
-    from .tune import choose_settings
+    from .settings import choose_settings
 
     graph = executor_graph(model.path, config.graph, ship_model)
     config = replace(config, graph=graph, keep=tuple(keep))

@@ -6,7 +6,6 @@ Every runner satisfies `Runner`; the scorer uses nothing else of it.
 from __future__ import annotations
 
 import logging
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
@@ -16,6 +15,7 @@ import numpy as np
 from .embedding import OUTPUT as EMBEDDING_OUTPUT
 from .embedding import definition, head_projection
 from .errors import ModelError, require
+from .machine import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -46,21 +46,6 @@ class Runner(Protocol):
         ...
 
 
-def available_cpus() -> int:
-    """CPUs this process may use: scheduler affinity, capped by a cgroup v2 CPU quota, not the host's count."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS/Windows
-        count = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            count = min(count, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return count
-
-
 def available_providers() -> list[str]:
     ort = require("onnxruntime", "cpu", package="onnxruntime (or onnxruntime-gpu)")
     return list(ort.get_available_providers())
@@ -81,8 +66,24 @@ def resolve_provider(requested: str, available: list[str] | None = None) -> str:
     return CPU
 
 
+def may_reference_external_data(graph: str | Path) -> bool:
+    """False only when the graph cannot name an external-data file: a tensor's external data is found through
+    a StringStringEntryProto whose key is the bytes `location`, stored verbatim in the protobuf, so a file
+    without those bytes has none. One memory-speed pass over the mapped file (like hashing it) instead of
+    importing onnx and parsing the whole graph (~1 s, benchmarks/startup.md)."""
+    import mmap
+
+    with open(graph, "rb") as fh:
+        if fh.seek(0, 2) == 0:
+            return False
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            return data.find(b"location") != -1
+
+
 def check_external_data(graph: str | Path) -> None:
     """Refuse a graph whose external-data files lie outside its directory (a path-traversal read)."""
+    if not may_reference_external_data(graph):
+        return
     import onnx
     from onnx.external_data_helper import uses_external_data
 

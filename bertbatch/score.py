@@ -23,7 +23,7 @@ from .errors import InputError, ModelError
 from .modeldir import ModelDir
 from .runtime import CUDA, OrtRunner, Runner, TorchRunner, available_cpus, resolve_provider
 from .tokenize import Tokens, ascii_twin, tokenize, wordpiece_twin
-from .tune import choose_settings
+from .settings import choose_settings
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,9 @@ class Scorer:
         self.tokenize_threads = min(config.threads or available_cpus(), available_cpus())
         self._pool: ThreadPoolExecutor | None = None
         self._single_types = any(self.tokenizer.encode("a").type_ids)
-        self._ascii_tokenizer = ascii_twin(self.tokenizer)
-        self._wordpiece = wordpiece_twin(self.tokenizer) if config.tokenizer_backend == "auto" else None
+        serialized = self.tokenizer.to_str()  # once, for both twins
+        self._ascii_tokenizer = ascii_twin(self.tokenizer, serialized)
+        self._wordpiece = wordpiece_twin(self.tokenizer, serialized) if config.tokenizer_backend == "auto" else None
         check_consistency(self.model, self.tokenizer, runner)
         self.embedding_size = check_embeddings(self.model, runner) if config.embeddings else None
 

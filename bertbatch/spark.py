@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from .config import ScoreConfig
+from .config import ScoreConfig, SparkConfig, split_overrides
 from .errors import InputError, ModelError, require
 from .modeldir import ModelDir
 from .runtime import CPU, CUDA, available_providers, resolve_provider
@@ -47,7 +47,7 @@ from .shipping import (GRAPH_HASHED, ModelShipment,
                        hash_files as _hash_files, shipped_files)
 from .source import check_inputs, csv_delimiter, expand_inputs, file_format
 from .summary import make_summary
-from .tune import choose_settings
+from .settings import choose_settings
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,10 @@ def score(df, model_dir: str | Path, text_col: str | None = None, config: ScoreC
 
 
 def score_files(inputs, output: str | Path, model_dir: str | Path, config: ScoreConfig | None = None,
-                master: str = "local[*]", *, ship_model: bool | None = None, repartition: bool = True,
-                partitions: int | None = None, spark_conf: dict | None = None, **overrides) -> dict:
+                engine: SparkConfig | None = None, **overrides) -> dict:
     """Score CSV/Parquet input(s) (file, list, directory, glob) with Spark into a Parquet directory; the summary.
 
+    `engine` says how Spark runs (overrides: SparkConfig fields such as master=, then ScoreConfig fields).
     Uses the active SparkSession if there is one, else starts one on `master` with `spark_conf` (and stops it
     at the end); its workers run `spark.pyspark.python` from `spark_conf`, else $PYSPARK_PYTHON, else this
     interpreter. With `repartition`, input with fewer partitions than `partitions` (default: Spark's default
@@ -101,6 +101,10 @@ def score_files(inputs, output: str | Path, model_dir: str | Path, config: Score
     Spark's, not the input's: keep an ID column. Written with Spark's commit protocol (`_SUCCESS` once complete).
     """
     _require_spark()
+    engine_overrides, overrides = split_overrides(overrides, SparkConfig)
+    engine = replace(engine or SparkConfig(), **engine_overrides)
+    master, ship_model, repartition, partitions = engine.master, engine.ship_model, engine.repartition, engine.partitions
+    spark_conf = engine.spark_conf
     config = replace(config or ScoreConfig(), **overrides)
     _check_engine_options(config)
     files = expand_inputs(inputs, config.partition_type_map)

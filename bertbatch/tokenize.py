@@ -49,22 +49,24 @@ class Tokens:
         return np.diff(self.offsets)
 
 
-def ascii_twin(tokenizer):
+def ascii_twin(tokenizer, serialized: str | None = None):
     """The same tokenizer without the normalizer steps that cannot change ASCII text, or None.
 
     BERT's normalizer looks up every character's Unicode category to pad CJK ideographs and strips accents
     through an NFD decomposition; on ASCII text both are no-ops (no ideographs; NFD of ASCII is itself, with
-    no combining marks to strip), so ASCII rows can skip them (~14% of the tokenizer's time on SMS texts)."""
+    no combining marks to strip), so ASCII rows can skip them (~14% of the tokenizer's time on SMS texts).
+    `serialized`: `tokenizer.to_str()` when the caller has it (a copy is made from it)."""
     from tokenizers import Tokenizer, normalizers
 
-    spec = json.loads(tokenizer.to_str()).get("normalizer") or {}
+    # the normalizer's own JSON, not the whole tokenizer's (its vocabulary is most of a ~0.5 MB document)
+    spec = json.loads(tokenizer.normalizer.__getstate__()) if tokenizer.normalizer is not None else {}
     if spec.get("type") != "BertNormalizer":
         return None
     lowercase = bool(spec.get("lowercase", True))
     strip = spec.get("strip_accents")
     if not spec.get("handle_chinese_chars", True) and not (lowercase if strip is None else strip):
         return None  # nothing to skip
-    twin = Tokenizer.from_str(tokenizer.to_str())
+    twin = Tokenizer.from_str(serialized or tokenizer.to_str())
     twin.normalizer = normalizers.BertNormalizer(clean_text=bool(spec.get("clean_text", True)),
                                                  handle_chinese_chars=False, strip_accents=False, lowercase=lowercase)
     return twin
@@ -82,9 +84,11 @@ AWKWARD_TEXTS = (
 )
 
 
-def wordpiece_twin(tokenizer):
+def wordpiece_twin(tokenizer, serialized: str | None = None):
     """nanotoken's WordPiece over `tokenizer`'s tokenizer.json, or None: not installed, a tokenizer it does not
-    support, a single-text template that types tokens, or any id differing from `tokenizer` on AWKWARD_TEXTS."""
+    support, a single-text template that types tokens, or any id differing from `tokenizer` on AWKWARD_TEXTS.
+    `serialized`: `tokenizer.to_str()` when the caller has it. Not while another thread uses `tokenizer`: the
+    probe encodes with its truncation off (and restores it)."""
     try:
         import nanotoken
     except ImportError:
@@ -92,12 +96,10 @@ def wordpiece_twin(tokenizer):
     if "NANOTOKEN_CACHE_ENTRIES" not in os.environ:
         nanotoken.set_cache_entries(NANOTOKEN_CACHE_ENTRIES)
     try:
-        twin = nanotoken.Tokenizer.from_json(tokenizer.to_str())
+        twin = nanotoken.Tokenizer.from_json(serialized or tokenizer.to_str())
     except ValueError:  # UnsupportedTokenizerError: a normalizer, model or template it does not implement
         return None
-    full = type(tokenizer).from_str(tokenizer.to_str())
-    full.no_truncation()
-    encodings = full.encode_batch(list(AWKWARD_TEXTS), add_special_tokens=True)
+    encodings = _untruncated_encodings(tokenizer, list(AWKWARD_TEXTS))
     if any(any(e.type_ids) for e in encodings):  # a template that types single texts: types are not cut here
         return None
     expected = [e.ids for e in encodings]
@@ -106,6 +108,17 @@ def wordpiece_twin(tokenizer):
         log.warning("nanotoken disagrees with the tokenizers library on this tokenizer: using the slower library")
         return None
     return twin
+
+
+def _untruncated_encodings(tokenizer, texts: list[str]) -> list:
+    """`tokenizer`'s full encodings of `texts`, its truncation switched off meanwhile (no copy of it needed)."""
+    truncation = tokenizer.truncation
+    tokenizer.no_truncation()
+    try:
+        return tokenizer.encode_batch(texts, add_special_tokens=True)
+    finally:
+        if truncation:
+            tokenizer.enable_truncation(**truncation)
 
 
 def tokenize(tokenizer, inputs: list, max_length: int, window: bool, types: bool, pool=None,

@@ -1,5 +1,6 @@
-"""Per-machine settings: measure candidate graphs x batch budgets x threads here, record the fastest that passes
-the gates in bertbatch.json under this machine's signature, and choose a scorer's settings from that record.
+"""Per-machine settings: measure candidate graphs x batch budgets x threads here and record the fastest that
+passes the gates in bertbatch.json under this machine's signature (machine.py). settings.py chooses a scorer's
+settings from that record; this module only measures and records.
 
 A record holds only for the machine it was measured on: the signature is the CPU model, its ISA flags that
 change kernels, the CPUs this process may use, the execution provider and the onnxruntime version. No record
@@ -11,71 +12,25 @@ metadata names: pin --graph when results must match across machines with differe
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
 from .batching import DEFAULT_BUDGET
+from .config import TuneConfig
 from .errors import InputError
+from .gates import BUILTIN_SAMPLE, invariance_at
+from .machine import BF16_FLAGS, machine_signature, signature_key
 from .manifest import read_manifest, update_manifest
 from .modeldir import GRAPH_FILES, ModelDir
-from .runtime import CUDA, available_cpus, resolve_provider
+from .runtime import CUDA, resolve_provider
 
 log = logging.getLogger(__name__)
 
-# ISA features that select different ORT/MLAS kernels (x86: AVX2, AVX-512, VNNI, BF16, AMX; ARM: dot product,
-# i8mm, bf16, SVE). Other /proc/cpuinfo flags do not change speed or results of these graphs.
-KERNEL_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx_vnni",
-                "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm",
-                "bf16", "sve", "sve2")
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 # (max_tokens, max_batch_rows) candidates. GPU ones are larger: a GPU needs big batches to fill.
 CPU_BUDGETS = ((256, 8), (512, 16), (1024, 32), (2048, 64), (4096, 128))
 CUDA_BUDGETS = ((8192, 128), (16384, 256), (32768, 512), (65536, 1024))
-TUNE_ROWS = 512
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What a scorer runs with, and why: `source` is explicit, tuned or default."""
-
-    graph: str | None  # a GRAPH_FILES key, torch, a path, or None (no graph: PyTorch)
-    max_tokens: int
-    max_batch_rows: int
-    threads: int | None
-    source: str
-    reason: str
-
-
-# --------------------------------------------------------------------------------------------- signature
-def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((ln for ln in text.splitlines() if ln.lower().startswith(("flags", "features"))), "")
-    return set(line.split(":", 1)[-1].split())
-
-
-def machine_signature(provider: str) -> dict:
-    """What a tune record is valid for: CPU model, kernel-relevant ISA flags, CPUs, provider, onnxruntime."""
-    import onnxruntime
-
-    from .bench import cpu_model
-
-    flags = cpu_flags()
-    return {"cpu": cpu_model(), "arch": platform.machine(), "isa": [f for f in KERNEL_FLAGS if f in flags],
-            "cpus": available_cpus(), "provider": provider, "onnxruntime": onnxruntime.__version__}
-
-
-def signature_key(signature: dict) -> str:
-    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # -------------------------------------------------------------------------------------------- candidates
@@ -109,18 +64,18 @@ def thread_candidates(cpus: int) -> list[int]:
 
 
 # --------------------------------------------------------------------------------------------------- tune
-def tune(model_dir: str | Path, provider: str = "auto", seconds: float = 60.0, rows: int = TUNE_ROWS,
-         graphs: list[str] | None = None, texts: list[str] | None = None, progress=None) -> dict:
+def tune(model_dir: str | Path, config: TuneConfig | None = None, texts: list[str] | None = None, progress=None,
+         **overrides) -> dict:
     """Time candidate graphs x budgets x threads on validation texts; record and return the fastest that
-    passes the gates. `seconds` bounds the measuring (the safe default and each graph's first point always
-    run, and a winner other than the default is confirmed against it in two alternating rounds).
-    `progress(line)` receives one line per measurement."""
+    passes the gates (overrides: TuneConfig fields). `seconds` bounds the measuring (the safe default and each
+    graph's first point always run, and a winner other than the default is confirmed against it in two
+    alternating rounds). `progress(line)` receives one line per measurement."""
     from .runtime import OrtRunner
 
-    if seconds <= 0 or rows < 1:
-        raise InputError(f"tune needs a positive time budget and row count; got {seconds}s, {rows} rows.")
+    config = replace(config or TuneConfig(), **overrides)
+    seconds, rows, graphs = config.seconds, config.rows, config.graphs
     model = ModelDir.open(model_dir)
-    provider = resolve_provider(provider)
+    provider = resolve_provider(config.provider)
     signature = machine_signature(provider)
     present = {k for k, f in GRAPH_FILES.items() if (model.path / f).exists()}
     invariant = {k for k in present if model.batch_invariant(k)}
@@ -178,7 +133,7 @@ def tune(model_dir: str | Path, provider: str = "auto", seconds: float = 60.0, r
         measured[-4:] = [{**p, "confirm": True} for p in measured[-4:]]
         best = best if wins == 2 else default
     runners.clear()
-    gate = _invariance_here(model.path, model.path / GRAPH_FILES[best["graph"]], provider, texts[:64], best)
+    gate = invariance_at(model.path, model.path / GRAPH_FILES[best["graph"]], provider, texts[:64], best)
     record = {
         "signature": signature,
         "choice": best if gate["passed"] else default,
@@ -200,7 +155,6 @@ def tune(model_dir: str | Path, provider: str = "auto", seconds: float = 60.0, r
 
 def tune_texts(model: ModelDir, rows: int) -> list[str]:
     """The validation texts export used (the held-out split), else the built-in sample, up to `rows`."""
-    from .export import BUILTIN_SAMPLE
     from .train import TEST_SPLIT_FILE
 
     split = model.path / TEST_SPLIT_FILE
@@ -227,68 +181,6 @@ def time_rows_per_s(model_dir: Path, runner, texts: list[str], budget: tuple[int
     return round(len(texts) / best, 1)
 
 
-def _invariance_here(model_dir: Path, graph: Path, provider: str, texts: list[str], point: dict) -> dict:
-    """The chosen point's results against one row per batch, on this machine's kernels."""
-    from .runtime import OrtRunner
-    from .score import Scorer
-
-    runner = OrtRunner(graph, provider, point["threads"])
-    tuned = Scorer(model_dir, runner=runner, max_tokens=point["max_tokens"], max_batch_rows=point["max_batch_rows"])
-    single = Scorer(model_dir, runner=runner, max_batch_rows=1)
-    a, b = tuned.logits(texts).probs, single.logits(texts).probs
-    delta = float(np.abs(a - b).max()) if len(a) else 0.0
-    flips = int(np.sum(a.argmax(1) != b.argmax(1)))
-    from .export import PROB_TOLERANCE
-
-    return {"rows": len(texts), "label_flips": flips, "max_abs_prob_delta": delta, "bitwise": bool(np.array_equal(a, b)),
-            "passed": flips == 0 and delta <= PROB_TOLERANCE}
-
-
-# ------------------------------------------------------------------------------------------------- choose
-def choose_settings(model: ModelDir, config, provider: str) -> Settings:
-    """The graph, budget and threads a scorer runs with: explicit options first, then this machine's tune
-    record (when it still matches the graphs on disk), else the safe defaults; with the reason."""
-    defaults = DEFAULT_BUDGET["cuda" if provider == CUDA else "cpu"]
-    record, why_not = matching_record(model, provider)
-    if config.graph:
-        graph, source, reason = config.graph, "explicit", f"--graph {config.graph}"
-        if record and record["choice"]["graph"] != config.graph:
-            record = None
-    elif record:
-        graph, source = record["choice"]["graph"], "tuned"
-        reason = (f"tuned on this machine ({record['signature']['cpu']}, {record['at']}): {graph}, "
-                  f"{record['choice']['max_tokens']} tokens/{record['choice']['max_batch_rows']} rows, "
-                  f"{record['choice']['threads']} threads")
-    else:
-        graph, why = model.default_graph(provider)
-        source, reason = "default", f"safe defaults ({why_not}): {why}"
-    choice = record["choice"] if record else {}
-    max_tokens = config.max_tokens or choice.get("max_tokens") or defaults[0]
-    max_rows = config.max_batch_rows or choice.get("max_batch_rows") or defaults[1]
-    threads = config.threads or choice.get("threads")
-    if config.max_tokens or config.max_batch_rows or config.threads:
-        reason += "; --max-tokens/--max-batch-rows/--threads as given"
-    return Settings(graph, max_tokens, max_rows, threads, source, reason)
-
-
-def matching_record(model: ModelDir, provider: str) -> tuple[dict | None, str]:
-    """This machine's tune record, or None and why there is none (no record, or its graphs changed since)."""
-    records = model.manifest.get("tune") or {}
-    try:
-        key = signature_key(machine_signature(provider))
-    except ImportError:
-        return None, "onnxruntime missing"
-    record = records.get(key)
-    if not record or not record.get("choice"):
-        return None, f"no tune record for this machine; `bertbatch tune {model.path}` makes one"
-    hashes = model.manifest.get("graphs", {})
-    if any(hashes.get(k, {}).get("sha256") != h for k, h in record.get("graph_sha256", {}).items()):
-        return None, "the tune record timed graphs that have since been re-exported; tune again"
-    if not (model.path / GRAPH_FILES.get(record["choice"]["graph"], "")).is_file():
-        return None, "the tuned graph is missing"
-    return record, "tuned"
-
-
 def record_line(record: dict) -> str:
     """One console line for a tune record."""
     c, d = record["choice"], record["default"]
@@ -297,7 +189,3 @@ def record_line(record: dict) -> str:
             f"{record['signature']['cpus']} CPUs, {record['signature']['provider']}): {c['graph']}, "
             f"{c['max_tokens']} tokens/{c['max_batch_rows']} rows, {c['threads']} threads: "
             f"{c['rows_per_s']:,.0f} rows/s{vs}; {len(record['measured'])} points in {record['seconds']}s")
-
-
-def settings_dict(settings: Settings) -> dict:
-    return asdict(settings)

@@ -109,3 +109,15 @@ def test_bench_without_graphs_says_to_export(tiny_model):
     assert result.exit_code == ModelError.exit_code  # a model problem (README, "Exit codes")
     assert "Run `bertbatch export" in result.output
     assert "--graph torch" in result.output
+
+
+def test_bench_config_refuses_bad_settings_before_loading_a_model():
+    from bertbatch.config import BenchConfig
+    from bertbatch.errors import InputError
+
+    with pytest.raises(InputError, match="--batch-sizes must be positive integers"):
+        BenchConfig(batch_sizes=(0, 8))
+    with pytest.raises(InputError, match="--runs must be at least 1"):
+        BenchConfig(runs=0)
+    with pytest.raises(InputError, match="--provider must be"):
+        BenchConfig(provider="tpu")

@@ -114,3 +114,12 @@ def test_score_quiet_prints_nothing_and_silent_is_its_old_spelling(tmp_path, tin
         assert result.exit_code == 0, result.output
         assert result.output == "" and pq.read_table(out).num_rows == 2
     assert "--silent" not in CliRunner().invoke(cli, ["score", "--help"]).output
+
+
+def test_scoring_a_graph_without_external_data_never_imports_onnx(tmp_path, tiny_exported):
+    # the external-data check reads the graph's bytes; the onnx package (~1 s to import and parse) is not needed
+    code = ("import sys, bertbatch\n"
+            f"bertbatch.Scorer({str(tiny_exported)!r}, graph='int8').predict(['ok'])\n"
+            "assert 'onnx' not in sys.modules, 'scoring imported onnx'\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -154,3 +154,20 @@ def test_multi_label_micro_f1_and_thresholds(multi_label_model, tmp_path):
     assert "F1-optimal thresholds" in report["summary"]
     assert (tmp_path / "out" / "confusion_fp32.png").read_bytes()[:8] == PNG_MAGIC
     assert (tmp_path / "out" / "confusion_fp32.csv").read_text().startswith("label,tp,fp,fn,tn")
+
+
+def test_eval_config_refuses_an_unknown_provider_and_a_zero_budget():
+    from bertbatch.config import EvalConfig
+    from bertbatch.errors import InputError
+
+    with pytest.raises(InputError, match="--provider must be auto, cuda or cpu; got 'gpu'"):
+        EvalConfig(provider="gpu")
+    with pytest.raises(InputError, match="--max-tokens must be positive"):
+        EvalConfig(max_tokens=0)
+
+
+def test_evaluate_takes_an_eval_config(tiny_exported, eval_table):
+    from bertbatch.config import EvalConfig
+
+    report = evaluate(tiny_exported, eval_table[0], config=EvalConfig(graphs=("fp32",), max_tokens=64))
+    assert list(report["graphs"]) == ["fp32"] and report["rows_evaluated"] == 40 - len(BLANK_ROWS)

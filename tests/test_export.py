@@ -150,12 +150,12 @@ def test_an_int8_graph_that_depends_on_its_batch_fails_the_gate_and_is_not_writt
 
 def test_out_of_domain_agreement_below_the_limit_fails_int8():
     from bertbatch.config import ExportConfig
-    from bertbatch.export import _judge
+    from bertbatch.gates import judge
 
     figures = {"max_abs_logit_delta": 0.05, "top1_agreement": 1.0, "macro_f1_drop": 0.0,
                "out_of_domain": {"max_abs_logit_delta": 0.9, "top1_agreement": 0.9},
                "invariance": {"passed": True, "label_flips": 0, "max_abs_prob_delta": 0.0}}
-    _judge("int8", figures, ExportConfig(min_ood_agreement=0.95))
+    judge("int8", figures, ExportConfig(min_ood_agreement=0.95))
     assert not figures["passed"] and "out-of-domain" in figures["reason"]
-    _judge("int8", figures, ExportConfig(min_ood_agreement=0.85))
+    judge("int8", figures, ExportConfig(min_ood_agreement=0.85))
     assert figures["passed"]

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from bertbatch import Scorer
 from bertbatch.cli import cli
-from bertbatch.export import PROB_TOLERANCE, out_of_domain_texts
+from bertbatch.gates import PROB_TOLERANCE, out_of_domain_texts
 from bertbatch.modeldir import ModelDir
 from bertbatch.pipeline import score_file
 from bertbatch.runtime import CPU

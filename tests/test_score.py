@@ -59,7 +59,7 @@ def test_window_mode_aggregates_each_row_over_its_own_windows(tmp_path, tiny_mod
 def test_single_equals_batched_equals_bucketed_on_tiny_model(tiny_exported):
     """The exported default graph (what `score` runs on CPU): every row's probabilities within the contract's
     1e-6 and identical labels, whether batched by budget, all in one batch, or one row per batch."""
-    from bertbatch.export import PROB_TOLERANCE
+    from bertbatch.gates import PROB_TOLERANCE
 
     texts = _rows(60, seed=3) + ["what a wonderful superb day", "an awful terrible boring trip"]
     default = Scorer(tiny_exported, provider="cpu")

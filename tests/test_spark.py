@@ -24,7 +24,7 @@ from helpers import make_texts
 from bertbatch import ScoreConfig, score_file
 from bertbatch import spark as bspark
 from bertbatch.errors import EXIT_MODEL
-from bertbatch.export import PROB_TOLERANCE
+from bertbatch.gates import PROB_TOLERANCE
 from bertbatch.cli import cli
 from bertbatch.errors import InputError, MissingDependency, ModelError
 from bertbatch.runtime import CPU, CUDA

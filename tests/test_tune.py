@@ -15,13 +15,8 @@ from bertbatch import tune as tune_module
 from bertbatch.cli import cli
 from bertbatch.errors import InputError
 from bertbatch.runtime import CPU, CUDA
-from bertbatch.tune import (
-    candidate_graphs,
-    machine_signature,
-    signature_key,
-    thread_candidates,
-    tune,
-)
+from bertbatch.machine import machine_signature, signature_key
+from bertbatch.tune import candidate_graphs, thread_candidates, tune
 
 INVARIANT = {"fp32", "int8", "bf16"}
 

@@ -58,6 +58,15 @@ def test_the_minilm_tokenizer_gets_a_twin(tiny_model):
     assert wordpiece_twin(_tokenizer(tiny_model, 128, 0)) is not None
 
 
+def test_the_twin_probe_leaves_the_tokenizer_truncating_as_before(tiny_model):
+    # the probe encodes untruncated on the caller's tokenizer itself (no copy): truncation must come back
+    tokenizer = _tokenizer(tiny_model, 16, 4)
+    before = tokenizer.truncation
+    assert wordpiece_twin(tokenizer) is not None
+    assert tokenizer.truncation == before
+    assert len(tokenizer.encode("word " * 100).ids) == 16
+
+
 @settings(max_examples=100, deadline=None)
 @given(texts=texts_strategy, max_length=st.integers(3, 40), window=st.booleans(), stride_share=st.floats(0, 0.99),
        normalizer=st.sampled_from(NORMALIZERS))
