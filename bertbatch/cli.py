@@ -361,7 +361,8 @@ def _model_dir_or_uri(ctx, param, value):
 @click.argument("model_dir", callback=_model_dir_or_uri)
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--output", "-o", required=True,
-              help="Output file (.parquet/.csv/.jsonl), directory, or - for stdout; a path or a store URI (s3://...).")
+              help="Output file (.parquet, .csv, .tsv, .csv.gz, .jsonl; another suffix needs --format), directory "
+                   "(no suffix), or - for stdout; a path, file:// or a store URI (s3://...).")
 @click.option("--partition-by", help="Comma-separated kept columns: directory output in Hive key=value directories.")
 @click.option("--partition-types", help="Types of input partition keys, e.g. dt:date32,year:int32 (default: strings).")
 @click.option("--model-cache", type=click.Path(file_okay=False),
