@@ -245,7 +245,7 @@ def test_without_address_a_local_ray_is_started_for_the_job(tiny_exported, rows_
     out = tmp_path / "scored"
     short = tempfile.mkdtemp(prefix="bbray-local-", dir="/tmp")  # Ray's socket paths must stay under 107 bytes
     try:
-        run = _run([tiny_exported, rows_path, "-o", out, "--engine", "ray"], tmp_path, TMPDIR=short)
+        run = _run([tiny_exported, rows_path, "-o", out, "--engine", "ray"], tmp_path, TMPDIR=short, HOME=short)
     finally:
         shutil.rmtree(short, ignore_errors=True)
 
