@@ -5,8 +5,9 @@ workers), stopped by its own PID; what a node's processes leave behind is killed
 pinned to loopback with `--node-ip-address=127.0.0.1`. Ray turns "127.0.0.1" or "localhost" in an address into
 the machine's interface address (services.resolve_ip_for_localhost) and connects there, unless
 RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which the head and drivers get; `ray start --address` refuses to join a
-cluster with that setting, so worker nodes join through this machine's host name when it resolves to loopback
-(as /etc/hosts makes it on most Linux machines and containers): a name Ray leaves as it is.
+cluster with that setting, and turns `--node-ip-address=127.0.0.1` into the interface address too, so worker
+nodes join, and name themselves, with this machine's host name when it resolves to loopback (as /etc/hosts makes
+it on most Linux machines and containers): a name Ray leaves as it is.
 `connections()` lists the remote addresses of every socket the nodes' processes hold. Used by
 tests/test_ray.py and benchmarks/bench_engines.py.
 """
@@ -102,7 +103,9 @@ class RayCluster:
         """Start one more node (with `python`'s Ray, and `env` on top of the cluster's); its index."""
         index = len(self.nodes)
         joining = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", **(env or {})}
-        self.nodes.append(self._start([f"--address={loopback_name()}:{self.port}"], f"worker{index}", python, joining))
+        name = loopback_name()  # for the address to join and the node's own address: Ray leaves a name as it is
+        self.nodes.append(self._start([f"--address={name}:{self.port}", f"--node-ip-address={name}"], f"worker{index}",
+                                      python, joining))
         return index
 
     def _start(self, args: list[str], name: str, python: str | None = None, env: dict | None = None,
@@ -117,8 +120,9 @@ class RayCluster:
                     raise
 
     def _start_once(self, args: list[str], name: str, python: str | None, env: dict | None):
+        ip = [] if any(a.startswith("--node-ip-address") for a in args) else ["--node-ip-address=127.0.0.1"]
         command = [python or sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--block",
-                   "--node-ip-address=127.0.0.1", f"--num-cpus={self.cpus}", "--num-gpus=0", "--disable-usage-stats",
+                   *ip, f"--num-cpus={self.cpus}", "--num-gpus=0", "--disable-usage-stats",
                    f"--object-store-memory={150 * 2**20}",
                    # fixed ports: with 0 (any) the raylet waits only ~15 s for its agents to report theirs, too
                    # short for a Python to start on a loaded 2-core machine
