@@ -104,6 +104,11 @@ def cli(ctx, verbose, quiet):
 @click.option("--lr", default=5e-5, show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--max-length", default=128, show_default=True)
+@click.option("--truncation", type=click.Choice(["head", "tail", "head+tail"]), default="head", show_default=True,
+              help="Which tokens of a longer text train reads; recorded in the model, used by every engine.")
+@click.option("--head-tokens", type=int, help="head+tail: text tokens kept from the start (default: max length / 4).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on CUDA with bf16 and CPUs with AMX-BF16/AVX512-BF16, else fp32.")
 @click.option("--warmup-ratio", default=0.1, show_default=True)
 @click.option("--weight-decay", default=0.01, show_default=True)
 @click.option("--class-weights", type=click.Choice(["none", "auto"]), default="none", show_default=True)
@@ -156,7 +161,7 @@ def _quiet_transformers(quiet: bool):
 class _TrainReport:
     """One progress bar for the training steps (on a terminal) and one table row per epoch, on stderr."""
 
-    COLUMNS = ("epoch", "train_loss", "loss", "accuracy", "subset_accuracy", "macro_f1")
+    COLUMNS = ("epoch", "train_loss", "loss", "accuracy", "subset_accuracy", "macro_f1", "rows_per_s", "seconds_left")
 
     def __init__(self):
         self.total = None
@@ -332,6 +337,9 @@ def _model_dir_or_uri(ctx, param, value):
 @click.option("--threshold", default=0.5, show_default=True, help="Multi-label decision threshold.")
 @click.option("--long-text", type=click.Choice(["truncate", "window"]), default="truncate", show_default=True)
 @click.option("--stride", default=64, show_default=True, help="Tokens shared by consecutive windows.")
+@click.option("--truncation", type=click.Choice(["head", "tail", "head+tail"]),
+              help="Which tokens of a longer text are read (default: the strategy the model was trained with).")
+@click.option("--head-tokens", type=int, help="head+tail: text tokens kept from the start (default: the model's).")
 @click.option("--aggregate", type=click.Choice(["mean", "max"]), default="mean", show_default=True)
 @click.option("--tokenizer-backend", type=click.Choice(["auto", "tokenizers"]), default="auto", show_default=True,
               help="auto: nanotoken for single texts where it loads the tokenizer and gives the same ids as the "
@@ -423,6 +431,9 @@ def _int_list(ctx, param, value):
 @click.option("--threads", type=int, help="Intra-op threads (default: CPUs this process may use).")
 @click.option("--max-tokens", default=8192, show_default=True, help="Padded-token budget of one batch.")
 @click.option("--max-length", type=int, help="Token limit per text (default: the model's).")
+@click.option("--truncation", type=click.Choice(["head", "tail", "head+tail"]),
+              help="Which tokens of a longer text are read (default: the strategy the model was trained with).")
+@click.option("--head-tokens", type=int, help="head+tail: text tokens kept from the start (default: the model's).")
 @_friendly
 def eval_(model_dir, data, graphs, **options):
     """Metrics of MODEL_DIR's graph(s) on labeled DATA; prints a Markdown summary."""

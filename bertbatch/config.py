@@ -6,6 +6,7 @@ import re
 from dataclasses import dataclass
 
 from .errors import InputError
+from .tokenize import check_truncation
 
 FREEZE_PATTERN = re.compile(r"^(none|embeddings|encoder|layers:\d+)$")
 
@@ -32,6 +33,11 @@ class TrainConfig:
     class_weights: str = "none"  # none | auto
     freeze: str = "none"  # none | embeddings | layers:N | encoder
     early_stopping_patience: int = 2
+    # Which tokens of a text longer than max_length train reads (head | tail | head+tail), recorded in the model
+    # directory so every engine reads them alike; head_tokens None = a quarter of max_length (Sun et al.).
+    truncation: str = "head"
+    head_tokens: int | None = None
+    precision: str = "auto"  # auto (bf16 autocast where the machine has bf16 units) | fp32 | bf16
     allow_pickle: bool = False
     overwrite: bool = False
     quiet: bool = False
@@ -47,6 +53,9 @@ class TrainConfig:
         for name in ("epochs", "lr", "batch_size", "max_length"):
             if getattr(self, name) <= 0:
                 raise InputError(f"{name} must be positive; got {getattr(self, name)}.")
+        check_truncation(self.truncation, self.head_tokens)
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise InputError(f"--precision must be auto, fp32 or bf16; got '{self.precision}'.")
         if self.labels is not None and len(set(self.labels)) < 2:
             raise InputError(f"--labels must name at least two distinct labels; got {list(self.labels)}.")
 
@@ -128,6 +137,10 @@ class ScoreConfig:
     # "tokenizers" = always the tokenizers library.
     tokenizer_backend: str = "auto"
     rejects: str | None = None  # rejected rows' file for file and stdout outputs (default: OUT.rejects.csv)
+    # Which tokens of a text longer than max_length are read (head | tail | head+tail) and head+tail's head
+    # share; None = what train recorded in the model directory (head for models trained before it recorded one).
+    truncation: str | None = None
+    head_tokens: int | None = None
 
     @property
     def partition_type_map(self) -> dict[str, str]:
@@ -165,3 +178,5 @@ class ScoreConfig:
             raise InputError("--partition-by needs at least one column name.")
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be at least 1; got {self.threads}.")
+        if self.truncation is not None or self.head_tokens is not None:
+            check_truncation(self.truncation or "head", self.head_tokens)

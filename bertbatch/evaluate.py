@@ -91,6 +91,7 @@ def _score_graph(model_dir, graph: str, labeled: LabeledData, threshold: float, 
     figures.update(
         file=scorer.graph,
         provider=scorer.runner.provider,
+        truncation=scorer.truncation_label,  # the model's recorded strategy unless --truncation said otherwise
         seconds=round(seconds, 3),
         rows_per_s=round(len(labeled) / seconds, 1) if seconds else None,
     )

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import check_weights_format
-from .config import ExportConfig
+from .config import ExportConfig, ScoreConfig
 from .errors import InputError, ModelError, ValidationFailed, require
 from .manifest import replace_dir, sha256_file, update_manifest, versions
 from .metrics import metrics_from_logits
@@ -123,6 +123,7 @@ def export_onnx(model_dir: str | Path, config: ExportConfig | None = None, **ove
         },
         "settings": {**asdict(config), "quantize_preset": _preset(config)},
         "first_token_last_layer": trimmed,
+        "truncation": _truncation_read(model),  # what the gates and calibration read of long texts
         "versions": versions("torch", "transformers", "optimum-onnx", "onnxruntime", "onnx"),
         "seconds": round(time.time() - started, 1),
     }
@@ -195,15 +196,24 @@ def _optimize(raw: Path, out: Path, level: str) -> Path:
     return out / "model_optimized.onnx"
 
 
+def _truncation_read(model: ModelDir) -> str:
+    from .score import resolve_truncation, truncation_label
+
+    return truncation_label(*resolve_truncation(model, ScoreConfig(), model.max_length), window=False)
+
+
 def _calibration_feeds(model_dir: Path, texts: list[str]) -> list[dict]:
     """One unpadded feed per text (ranges come from real tokens only, never from padding)."""
+    from .score import resolve_truncation
+    from .tokenize import tokenize
+
     model = ModelDir.open(model_dir)
-    tokenizer = model.tokenizer()
+    strategy, head = resolve_truncation(model, ScoreConfig(), model.max_length)  # cut as score will cut
+    tokens = tokenize(model.tokenizer(), texts, model.max_length, False, True, truncation=strategy, head_tokens=head)
     feeds = []
-    for enc in tokenizer.encode_batch(texts):
-        ids = np.asarray([enc.ids], dtype=np.int64)
-        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids),
-                      "token_type_ids": np.asarray([enc.type_ids], dtype=np.int64)})
+    for a, b in zip(tokens.offsets[:-1].tolist(), tokens.offsets[1:].tolist()):
+        ids = tokens.ids[None, a:b]
+        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": tokens.types[None, a:b]})
     return feeds
 
 

@@ -66,7 +66,8 @@ def score_file(inputs, output, model_dir, config: ScoreConfig | None = None, pro
 def _run(files, keep, kept_schema, scorer, config, layout, metadata, model_files, fmt, progress, started) -> dict:
     job = None
     if layout.directory:
-        fp = fingerprint(files, model_files, metadata["bertbatch.graph"], metadata["bertbatch.provider"], config,
+        resolved = replace(config, truncation=scorer.truncation, head_tokens=scorer.head_tokens)  # the model's
+        fp = fingerprint(files, model_files, metadata["bertbatch.graph"], metadata["bertbatch.provider"], resolved,
                          fmt, scorer.max_length)
         job = Job.start(layout.output, fp, config.resume, layout.run_id)
         if config.resume:
@@ -228,6 +229,7 @@ def _summary(totals: dict, scorer: Scorer, metadata: dict, layout: OutputLayout,
         threads=scorer.runner.threads,
         settings=scorer.settings_reason,  # why this graph, budget and threads: explicit, tuned, or safe defaults
         tokenizer=scorer.tokenizer_backend,  # nanotoken or the tokenizers library (same ids)
+        truncation=scorer.truncation_label,  # head | tail | head+tail:N | window: which tokens were read
         output="-" if layout.stdout else str(layout.output),
         parts=[str(p) for p in layout.list_parts()] if layout.directory else None,
         rejects=str(layout.rejects_path) if layout.rejects_path and config.on_bad_rows == "reject" else None,

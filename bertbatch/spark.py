@@ -137,6 +137,7 @@ def score_files(inputs, output: str | Path, model_dir: str | Path, config: Score
         provider=provider,
         graph=graph,
         threads=int(threads.removeprefix("threads=")) if threads else None,
+        truncation=_truncation_label(model_dir, config),
         output=str(output),
         master=counts["master"],
         partitions=counts["partitions"],  # as scored: input_partitions, or more when repartitioned
@@ -149,6 +150,16 @@ def score_files(inputs, output: str | Path, model_dir: str | Path, config: Score
         "repartitioned": counts["partitions"] != counts["input_partitions"],
         "executors_checked": counts["executors_checked"],  # distinct Python workers the probe reached
     }
+
+
+def _truncation_label(model_dir, config: ScoreConfig) -> str:
+    """What executors read of long texts: their Scorers resolve it from the same model directory and options."""
+    from .score import resolve_truncation, truncation_label
+
+    model = ModelDir.open(Path(model_dir).resolve())
+    max_length = min(config.max_length or model.max_length, model.max_length)
+    strategy, head = resolve_truncation(model, config, max_length)
+    return truncation_label(strategy, head, config.long_text == "window")
 
 
 def _write_scored(spark, files, output: str, model_dir, config: ScoreConfig, ship_model, partitions,
