@@ -49,11 +49,14 @@ def window_table(table, max_length: int, stride: int, rows: int, seed: int):
     preprocessed corpora are lowercase words, so decoding round-trips), `rows` of them sampled."""
     import pyarrow as pa
 
+    from tokenizers import Tokenizer
+
     from bertbatch.assets import resolve_model
-    from bertbatch.modeldir import ModelDir
     from bertbatch.tokenize import tokenize
 
-    tok = ModelDir.open(resolve_model("minilm-l6")).tokenizer(max_length, stride=stride)
+    tok = Tokenizer.from_file(str(Path(resolve_model("minilm-l6")) / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(max_length, stride=stride)
     tokens = tokenize(tok, table["text"].to_pylist(), max_length, True, False)
     labels = table["label"].to_pylist()
     chosen = np.sort(np.random.default_rng(seed).choice(len(tokens.owner), min(rows, len(tokens.owner)), replace=False))
