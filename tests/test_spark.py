@@ -296,7 +296,7 @@ def test_executors_read_long_texts_as_the_model_directory_records(spark_session,
     shutil.copytree(tiny_exported, model)
     update_manifest(model, truncation={"strategy": "head+tail", "head_tokens": 40})
     texts, _ = make_texts(40, seed=11)
-    texts = [" ".join([t] * 12) + f" {i} the end" for i, t in enumerate(texts)]  # far past 128 tokens
+    texts = [" ".join([t] * 50) + f" {i} the end" for i, t in enumerate(texts)]  # 150+ words: past 128 tokens
     ids = [f"{i:03d}" for i in range(len(texts))]
     path = tmp_path / "long.parquet"
     pq.write_table(pa.table({"id": ids, "text": texts}), path)

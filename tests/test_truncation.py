@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from bertbatch import Scorer, evaluate, fine_tune, score_file
+from bertbatch import Scorer, fine_tune, score_file
+from bertbatch.evaluate import evaluate
 from conftest import FILLER, NEGATIVE, POSITIVE, write_parquet
 
 MAX_LENGTH = 16  # 14 text tokens between [CLS] and [SEP]
