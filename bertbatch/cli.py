@@ -16,8 +16,8 @@ import sys
 import click
 
 from . import __version__
-from .config import (Aggregate, Calibration, ClassWeights, Engine, LongText, OnBadRows, Optimize, OutputFormat, Provider,
-                     Quantize, QuantizePreset, TokenizerBackend, choices)
+from .config import (Aggregate, Calibration, ClassWeights, Engine, LongText, OnBadRows, Optimize, OutputFormat,
+                     Precision, Provider, Quantize, QuantizePreset, TokenizerBackend, Truncation, choices)
 from .errors import BertbatchError
 
 
@@ -93,6 +93,15 @@ max_tokens_option = click.option(
 max_length_option = click.option("--max-length", type=int, help="Token limit per text (default: the model's).")
 
 
+def truncation_options(fn):
+    """--truncation and --head-tokens of the commands that read a trained model (score, eval)."""
+    fn = click.option("--head-tokens", type=int,
+                      help="head+tail: text tokens kept from the start (default: the model's).")(fn)
+    return click.option("--truncation", type=_choice(Truncation),
+                        help="Which tokens of a longer text are read (default: the strategy the model was "
+                             "trained with).")(fn)
+
+
 def threads_option(default_help: str = "CPUs this process may use"):
     return click.option("--threads", type=int, help=f"Intra-op threads (default: {default_help}).")
 
@@ -144,6 +153,11 @@ def cli(ctx, verbose, quiet):
 @click.option("--lr", default=5e-5, show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--max-length", default=128, show_default=True)
+@click.option("--truncation", type=_choice(Truncation), default="head", show_default=True,
+              help="Which tokens of a longer text train reads; recorded in the model, used by every engine.")
+@click.option("--head-tokens", type=int, help="head+tail: text tokens kept from the start (default: max length / 4).")
+@click.option("--precision", type=_choice(Precision), default="auto", show_default=True,
+              help="auto: bf16 autocast on CUDA with bf16 and CPUs with AMX-BF16/AVX512-BF16, else fp32.")
 @click.option("--warmup-ratio", default=0.1, show_default=True)
 @click.option("--weight-decay", default=0.01, show_default=True)
 @click.option("--class-weights", type=_choice(ClassWeights), default="none", show_default=True)
@@ -196,7 +210,7 @@ def _quiet_transformers(quiet: bool):
 class _TrainReport:
     """One progress bar for the training steps (on a terminal) and one table row per epoch, on stderr."""
 
-    COLUMNS = ("epoch", "train_loss", "loss", "accuracy", "subset_accuracy", "macro_f1")
+    COLUMNS = ("epoch", "train_loss", "loss", "accuracy", "subset_accuracy", "macro_f1", "rows_per_s", "seconds_left")
 
     def __init__(self):
         self.total = None
@@ -393,6 +407,7 @@ def _model_dir_or_uri(ctx, param, value):
               "error (probabilities kept): route them to review. Pick it from `eval`'s risk-coverage table.")
 @click.option("--long-text", type=_choice(LongText), default="truncate", show_default=True)
 @click.option("--stride", default=64, show_default=True, help="Tokens shared by consecutive windows.")
+@truncation_options
 @click.option("--aggregate", type=_choice(Aggregate), default="mean", show_default=True)
 @click.option("--tokenizer-backend", type=_choice(TokenizerBackend), default="auto", show_default=True,
               help="auto: nanotoken for single texts where it loads the tokenizer and gives the same ids as the "
@@ -492,11 +507,12 @@ def _float_list(value: str) -> tuple[float, ...]:
 @cli.command()
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
+@text_column_option
+@label_column_option
 @click.option("--label-delimiter", default=",", show_default=True, help="Separator of labels in one cell (multi-label).")
-@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@provider_option
 @click.option("--graph", help="The graph whose logits are fitted (default: the one `score` runs).")
+@truncation_options
 @_friendly
 def calibrate(model_dir, data, **options):
     """Fit temperature scaling for MODEL_DIR on labeled DATA (a new domain) and record it in bertbatch.json."""
@@ -524,6 +540,7 @@ def calibrate(model_dir, data, **options):
 @threads_option("this machine's tune record, else the CPUs this process may use")
 @max_tokens_option
 @max_length_option
+@truncation_options
 @click.option("--min-scores", help="Comma-separated --min-score values of the risk-coverage table "
               "(default: 0.5 to 0.99).")
 @_friendly

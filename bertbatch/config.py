@@ -38,6 +38,9 @@ ClassWeights = Literal["none", "auto"]
 Engine = Literal["local", "spark", "ray"]
 # auto: the temperature bertbatch.json records (probabilities and score calibrated); none: raw softmax/sigmoid
 Calibration = Literal["auto", "none"]
+# which tokens of a text longer than max_length are read: the first, the last, or a head share and the rest
+Truncation = Literal["head", "tail", "head+tail"]
+Precision = Literal["auto", "fp32", "bf16"]  # train: auto = bf16 autocast where the machine has bf16 units
 
 
 def choices(alias) -> tuple[str, ...]:
@@ -77,6 +80,11 @@ class TrainConfig:
     class_weights: ClassWeights = "none"
     freeze: str = "none"  # none | embeddings | layers:N | encoder
     early_stopping_patience: int = 2
+    # Which tokens of a text longer than max_length train reads (head | tail | head+tail), recorded in the model
+    # directory so every engine reads them alike; head_tokens None = a quarter of max_length (Sun et al.).
+    truncation: Truncation = "head"
+    head_tokens: int | None = None
+    precision: Precision = "auto"  # auto (bf16 autocast where the machine has bf16 units) | fp32 | bf16
     allow_pickle: bool = False
     overwrite: bool = False
     quiet: bool = False
@@ -96,6 +104,10 @@ class TrainConfig:
             raise InputError(f"--weight-decay must be zero or positive; got {self.weight_decay}.")
         if not self.label_delimiter:
             raise InputError("--label-delimiter must not be empty.")
+        check_choice("--truncation", self.truncation, Truncation)
+        check_choice("--precision", self.precision, Precision)
+        if self.head_tokens is not None and self.head_tokens < 0:
+            raise InputError(f"--head-tokens must be 0 or more; got {self.head_tokens}.")
         if self.labels is not None and len(set(self.labels)) < 2:
             raise InputError(f"--labels must name at least two distinct labels; got {list(self.labels)}.")
 
@@ -187,6 +199,10 @@ class ScoreConfig:
     # "tokenizers" = always the tokenizers library.
     tokenizer_backend: TokenizerBackend = "auto"
     rejects: str | None = None  # rejected rows' file for file and stdout outputs (default: OUT.rejects.csv)
+    # Which tokens of a text longer than max_length are read (head | tail | head+tail) and head+tail's head
+    # share; None = what train recorded in the model directory (head for models trained before it recorded one).
+    truncation: Truncation | None = None
+    head_tokens: int | None = None
 
     @property
     def decision_threshold(self) -> float:
@@ -235,6 +251,9 @@ class ScoreConfig:
         if self.threads is not None and self.threads < 1:
             raise InputError(f"--threads must be at least 1; got {self.threads}.")
         self._check_lengths()
+        check_choice("--truncation", self.truncation, Truncation, optional=True)
+        if self.head_tokens is not None and self.head_tokens < 0:
+            raise InputError(f"--head-tokens must be 0 or more; got {self.head_tokens}.")
         if self.threshold is not None and not (_finite(self.threshold) and 0 < self.threshold < 1):
             raise InputError(f"--threshold must be a probability strictly between 0 and 1 (0 would choose every "
                              f"label, 1 none); got {self.threshold}.")
@@ -272,6 +291,8 @@ class EvalConfig:
     threads: int | None = None
     max_tokens: int | None = None  # None = as `score`: this machine's tune record, else the provider's budget
     max_length: int | None = None
+    truncation: Truncation | None = None  # None = what the model directory records (head for older models)
+    head_tokens: int | None = None
     # the --min-score values of the risk-coverage table; None = evaluate.MIN_SCORES (0.5 to 0.99)
     min_scores: tuple[float, ...] | None = None
 
@@ -285,7 +306,7 @@ class EvalConfig:
     def score_options(self) -> dict:
         """The ScoreConfig fields each graph's Scorer takes."""
         return {"provider": self.provider, "threads": self.threads, "max_tokens": self.max_tokens,
-                "max_length": self.max_length}
+                "max_length": self.max_length, "truncation": self.truncation, "head_tokens": self.head_tokens}
 
 
 @dataclass(frozen=True)

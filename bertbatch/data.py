@@ -177,3 +177,10 @@ def split(data: LabeledData, fractions: tuple[float, float], seed: int) -> tuple
     rest, test = cut(index, test_frac, strata)
     train, val = cut(rest, val_frac / (1 - test_frac), None if strata is None else strata[rest])
     return train, val, test
+
+
+def read_eval_data(data, model, text_column: str, label_column: str, label_delimiter: str = ","):
+    """(LabeledData without the null/empty-text rows, number of rows left out); labels fixed to the model's."""
+    labeled = read_labeled(data, text_column, label_column, multi_label=model.multi_label,
+                           label_delimiter=label_delimiter, labels=model.labels, skip_blank_text=True)
+    return labeled, labeled.skipped

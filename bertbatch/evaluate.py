@@ -16,7 +16,7 @@ import numpy as np
 
 from .calibrate import brier, confidence_and_correct, expected_calibration_error, probabilities, reliability
 from .config import EvalConfig
-from .data import LabeledData, read_labeled
+from .data import LabeledData, read_eval_data
 from .errors import require
 from .manifest import write_json_atomic
 from .metrics import metrics_from_logits
@@ -70,13 +70,6 @@ def evaluate(model_dir: str | Path, data: str | Path, output_dir: str | Path | N
 
 
 # ------------------------------------------------------------------------------------------------ data
-def read_eval_data(data, model: ModelDir, text_column: str, label_column: str, label_delimiter: str = ","):
-    """(LabeledData without the null/empty-text rows, number of rows left out); labels fixed to the model's."""
-    labeled = read_labeled(data, text_column, label_column, multi_label=model.multi_label,
-                           label_delimiter=label_delimiter, labels=model.labels, skip_blank_text=True)
-    return labeled, labeled.skipped
-
-
 # ------------------------------------------------------------------------------------------------ metrics
 def _score_graph(model_dir, graph: str, labeled: LabeledData, threshold: float, score_options: dict,
                  min_scores=MIN_SCORES):
@@ -92,6 +85,7 @@ def _score_graph(model_dir, graph: str, labeled: LabeledData, threshold: float, 
     figures.update(
         file=scorer.graph,
         provider=scorer.runner.provider,
+        truncation=scorer.truncation_label,  # the model's recorded strategy unless --truncation said otherwise
         seconds=round(seconds, 3),
         rows_per_s=round(len(labeled) / seconds, 1) if seconds else None,
     )

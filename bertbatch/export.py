@@ -31,7 +31,7 @@ from .checkpoint import check_weights_format
 from .embedding import OUTPUT as EMBEDDING_OUTPUT
 from .embedding import add_output as add_embedding_output
 from .embedding import definition
-from .config import ExportConfig
+from .config import ExportConfig, ScoreConfig
 from .errors import ModelError, ValidationFailed, require
 from .gates import (BUILTIN_SAMPLE, INVARIANCE_ROWS, agreement, invariance_figures, judge, metrics_summary,
                     out_of_domain_texts, parity)
@@ -116,6 +116,7 @@ def export_onnx(model_dir: str | Path, config: ExportConfig | None = None, **ove
         "embedding": ({"output": EMBEDDING_OUTPUT, "size": width, "definition": definition(model.config.get("model_type"))}
                       if width else {"output": None, "reason": f"no embedding defined for model type "
                                                               f"'{model.config.get('model_type')}' (embedding.py)"}),
+        "truncation": _truncation_read(model),  # what the gates and calibration read of long texts
         "versions": versions("torch", "transformers", "optimum-onnx", "onnxruntime", "onnx"),
         "seconds": round(time.time() - started, 1),
     }
@@ -192,15 +193,24 @@ def _optimize(raw: Path, out: Path, level: str) -> Path:
     return out / "model_optimized.onnx"
 
 
+def _truncation_read(model: ModelDir) -> str:
+    from .score import resolve_truncation, truncation_label
+
+    return truncation_label(*resolve_truncation(model, ScoreConfig(), model.max_length), window=False)
+
+
 def _calibration_feeds(model_dir: Path, texts: list[str]) -> list[dict]:
     """One unpadded feed per text (ranges come from real tokens only, never from padding)."""
+    from .score import resolve_truncation
+    from .tokenize import tokenize
+
     model = ModelDir.open(model_dir)
-    tokenizer = model.tokenizer()
+    strategy, head = resolve_truncation(model, ScoreConfig(), model.max_length)  # cut as score will cut
+    tokens = tokenize(model.tokenizer(), texts, model.max_length, False, True, truncation=strategy, head_tokens=head)
     feeds = []
-    for enc in tokenizer.encode_batch(texts):
-        ids = np.asarray([enc.ids], dtype=np.int64)
-        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids),
-                      "token_type_ids": np.asarray([enc.type_ids], dtype=np.int64)})
+    for a, b in zip(tokens.offsets[:-1].tolist(), tokens.offsets[1:].tolist()):
+        ids = tokens.ids[None, a:b]
+        feeds.append({"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": tokens.types[None, a:b]})
     return feeds
 
 

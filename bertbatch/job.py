@@ -35,7 +35,7 @@ RESULT_OPTIONS = (
     "text_column", "text_pair_column", "keep", "max_length", "probs", "top_k", "logits", "embeddings", "threshold",
     "long_text", "calibration", "min_score",
     "stride", "aggregate", "output_format", "on_bad_rows", "rows_per_part", "max_tokens", "max_batch_rows",
-    "window_rows", "partition_by", "partition_types",
+    "window_rows", "partition_by", "partition_types", "truncation", "head_tokens",
 )
 
 

@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from .errors import ModelError
+
 MANIFEST = "bertbatch.json"
 
 
@@ -47,8 +49,6 @@ def read_manifest(model_dir: str | Path) -> dict:
     path = Path(model_dir) / MANIFEST
     if not path.exists():
         return {}
-    from .modeldir import read_json_object
-
     return read_json_object(path)
 
 
@@ -70,3 +70,15 @@ def versions(*packages: str) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def read_json_object(file: Path) -> dict:
+    """A model file's JSON object; unreadable, truncated or not an object is a ModelError naming the file."""
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ModelError(f"{file} is not valid JSON ({exc}); restore it from the model's source or re-run the "
+                         "stage that wrote it.") from None
+    if not isinstance(value, dict):
+        raise ModelError(f"{file} must hold a JSON object; got {type(value).__name__}.")
+    return value

@@ -5,12 +5,11 @@ Reading it needs no torch: labels come from config.json, the tokenizer from toke
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ModelError
-from .manifest import MANIFEST, read_manifest, sha256_file
+from .manifest import MANIFEST, read_json_object, read_manifest, sha256_file
 from .runtime import CUDA
 
 GRAPH_FILES = {"fp32": "onnx/model.onnx", "int8": "onnx/model_int8.onnx", "fp16": "onnx/model_fp16.onnx",
@@ -135,18 +134,6 @@ class ModelDir:
         tok.no_padding()
         tok.enable_truncation(max_length or self.max_length, stride=stride)
         return tok
-
-
-def read_json_object(file: Path) -> dict:
-    """A model file's JSON object; unreadable, truncated or not an object is a ModelError naming the file."""
-    try:
-        value = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise ModelError(f"{file} is not valid JSON ({exc}); restore it from the model's source or re-run the "
-                         "stage that wrote it.") from None
-    if not isinstance(value, dict):
-        raise ModelError(f"{file} must hold a JSON object; got {type(value).__name__}.")
-    return value
 
 
 def _positive_int(value) -> bool:

@@ -11,7 +11,7 @@ refusals and summary but not its Writer.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -117,8 +117,9 @@ def run_plan(plan: JobPlan, mover, progress=None) -> dict:
     try:
         job = None
         if layout.directory:
+            resolved = replace(config, truncation=plan.scorer.truncation, head_tokens=plan.scorer.head_tokens)
             fp = fingerprint(plan.files, plan.model_files, plan.metadata["bertbatch.graph"],
-                             plan.metadata["bertbatch.provider"], config, plan.fmt, plan.scorer.max_length,
+                             plan.metadata["bertbatch.provider"], resolved, plan.fmt, plan.scorer.max_length,
                              plan.scorer.calibration)
             job = Job.start(layout.root, fp, config.resume, layout.run_id, replaces=layout.replaces)
             if config.resume:
@@ -253,6 +254,7 @@ def summarize(plan: JobPlan, totals: dict, resumed: bool, **extra) -> dict:
         settings=scorer.settings_reason,  # why this graph, budget and threads: explicit, tuned, or safe defaults
         tokenizer=scorer.tokenizer_backend,  # nanotoken or the tokenizers library (same ids)
         calibration=scorer.calibration,  # the temperature(s) applied to probabilities and score, or None
+        truncation=scorer.truncation_label,  # head | tail | head+tail:N | window: which tokens were read
         output="-" if layout.stdout else str(layout.output),
         parts=[str(p) for p in layout.list_parts()] if layout.directory else None,
         rejects=str(layout.rejects_path) if layout.rejects_path and plan.config.on_bad_rows == "reject" else None,

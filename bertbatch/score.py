@@ -16,14 +16,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .batching import DEFAULT_BUDGET, GPU_BUCKETS, pad_rows, plan_batches
-from .calibrate import recorded_temperature
 from .config import ScoreConfig
 from .embedding import embedding_size
 from .errors import InputError, ModelError
 from .modeldir import ModelDir
 from .runtime import CUDA, OrtRunner, Runner, TorchRunner, available_cpus, resolve_provider
-from .tokenize import Tokens, ascii_twin, tokenize, wordpiece_twin
+from .tokenize import Tokens, ascii_twin, default_head_tokens, tokenize, untruncated, wordpiece_twin
 from .settings import choose_settings
+from .temperature import recorded_temperature
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,11 @@ class Scorer:
         serialized = self.tokenizer.to_str()  # once, for both twins
         self._ascii_tokenizer = ascii_twin(self.tokenizer, serialized)
         self._wordpiece = wordpiece_twin(self.tokenizer, serialized) if config.tokenizer_backend == "auto" else None
+        self.truncation, self.head_tokens = resolve_truncation(self.model, config, self.max_length)
+        if self.truncation != "head" and not window and config.text_pair_column:
+            raise InputError(f"--truncation {self.truncation} cuts single texts only; for text pairs pass "
+                             "--truncation head (or --long-text window).")
+        self._full_tokenizer = untruncated(self.tokenizer) if self.truncation != "head" and not window else None
         check_consistency(self.model, self.tokenizer, runner)
         self.embedding_size = check_embeddings(self.model, runner) if config.embeddings else None
 
@@ -120,6 +125,11 @@ class Scorer:
     def tokenizer_backend(self) -> str:
         """Which library tokenizes single texts: nanotoken (same ids, flat arrays) or the tokenizers library."""
         return "nanotoken" if self._wordpiece is not None else "tokenizers"
+
+    @property
+    def truncation_label(self) -> str:
+        """What the run summary says was read of long texts: head, tail, head+tail:N, or window."""
+        return truncation_label(self.truncation, self.head_tokens, self.config.long_text == "window")
 
     @property
     def graph_file(self) -> Path | None:
@@ -177,7 +187,8 @@ class Scorer:
         types = "token_type_ids" in self.runner.input_names and (paired or self._single_types)
         tokens = tokenize(self.tokenizer, inputs, self.max_length, self.config.long_text == "window", types,
                           pool=self._tokenizer_pool(), ascii_tokenizer=self._ascii_tokenizer,
-                          wordpiece=self._wordpiece)
+                          wordpiece=self._wordpiece, truncation=self.truncation, head_tokens=self.head_tokens,
+                          full_tokenizer=self._full_tokenizer)
         tokens.owner = valid[tokens.owner]
         truncated = np.zeros(n, dtype=bool)
         truncated[valid] = tokens.truncated
@@ -296,6 +307,22 @@ class Scorer:
             if result.embeddings is not None:
                 row["embedding"] = None if row["error"] is not None else result.embeddings[i].copy()
         return rows
+
+
+def resolve_truncation(model: ModelDir, config: ScoreConfig, max_length: int) -> tuple[str, int]:
+    """(strategy, head tokens) that run: the option when given, else what train recorded in the model
+    directory; a model trained before strategies were recorded read heads only."""
+    recorded = model.manifest.get("truncation") or {}
+    strategy = config.truncation or recorded.get("strategy", "head")
+    head = config.head_tokens if config.head_tokens is not None else recorded.get("head_tokens")
+    return strategy, int(default_head_tokens(max_length) if head is None else head)
+
+
+def truncation_label(strategy: str, head_tokens: int, window: bool) -> str:
+    """How the summary names what ran: `head`, `tail`, `head+tail:32`, or `window` (windows cover it all)."""
+    if window:
+        return "window"
+    return f"head+tail:{head_tokens}" if strategy == "head+tail" else strategy
 
 
 def result_schema(labels: list[str], multi_label: bool, config: ScoreConfig,

@@ -140,6 +140,7 @@ def score_files(inputs, output: str | Path, model_dir: str | Path, config: Score
         provider=provider,
         graph=graph,
         threads=int(threads.removeprefix("threads=")) if threads else None,
+        truncation=_truncation_label(model_dir, config),
         output=str(output),
         master=counts["master"],
         partitions=counts["partitions"],  # as scored: input_partitions, or more when repartitioned
@@ -152,6 +153,16 @@ def score_files(inputs, output: str | Path, model_dir: str | Path, config: Score
         "repartitioned": counts["partitions"] != counts["input_partitions"],
         "executors_checked": counts["executors_checked"],  # distinct Python workers the probe reached
     }
+
+
+def _truncation_label(model_dir, config: ScoreConfig) -> str:
+    """What executors read of long texts: their Scorers resolve it from the same model directory and options."""
+    from .score import resolve_truncation, truncation_label
+
+    model = ModelDir.open(Path(model_dir).resolve())
+    max_length = min(config.max_length or model.max_length, model.max_length)
+    strategy, head = resolve_truncation(model, config, max_length)
+    return truncation_label(strategy, head, config.long_text == "window")
 
 
 def _write_scored(spark, files, output: str, model_dir, config: ScoreConfig, ship_model, partitions,
@@ -527,6 +538,9 @@ def _spark_types(batch: pa.RecordBatch) -> pa.RecordBatch:
     column = batch.column(index)
     return batch.set_column(index, pa.field("embedding", pa.list_(column.type.value_type)),
                             column.cast(pa.list_(column.type.value_type)))
+
+
+def _worker_scorer(job: _Job) -> Scorer:
     """This worker's Scorer for the job, built (and its files checked against the driver's) on first use."""
     from pyspark import TaskContext
 

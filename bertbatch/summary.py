@@ -8,7 +8,7 @@ from __future__ import annotations
 KEYS = (
     "engine", "rows_in", "rows_written", "rows_scored", "rows_with_error", "rows_abstained", "rows_rejected", "rows_this_run",
     "resumed", "seconds", "rows_per_s", "tokens_per_s", "padding_ratio", "provider", "graph", "threads", "settings", "calibration",
-    "tokenizer",
+    "tokenizer", "truncation",
     "output", "parts", "rejects",
     # distributed engines
     "master", "partitions", "session_seconds", "providers",

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import InputError
+
 log = logging.getLogger(__name__)
 
 CHUNK_ROWS = 512  # rows per tokenizer call: enough to amortise the call, small enough to spread over threads
@@ -121,17 +123,63 @@ def _untruncated_encodings(tokenizer, texts: list[str]) -> list:
             tokenizer.enable_truncation(**truncation)
 
 
+TRUNCATIONS = ("head", "tail", "head+tail")
+
+
+def default_head_tokens(max_length: int) -> int:
+    """head+tail's head share when none is given: a quarter of the segment, as Sun et al. 2019 kept 128 head
+    and 382 tail tokens of 512 (so 32 head and 94 tail text tokens at 128)."""
+    return max_length // 4
+
+
+def check_truncation(truncation: str, head_tokens: int | None) -> None:
+    if truncation not in TRUNCATIONS:
+        raise InputError(f"--truncation must be head, tail or head+tail; got '{truncation}'.")
+    if head_tokens is not None and head_tokens < 0:
+        raise InputError(f"--head-tokens must be 0 or more; got {head_tokens}.")
+
+
+def untruncated(tokenizer):
+    """A copy of `tokenizer` that never truncates: tail and head+tail cut its full encodings themselves."""
+    full = type(tokenizer).from_str(tokenizer.to_str())
+    full.no_truncation()
+    return full
+
+
 def tokenize(tokenizer, inputs: list, max_length: int, window: bool, types: bool, pool=None,
-             chunk_rows: int = CHUNK_ROWS, ascii_tokenizer=None, wordpiece=None) -> Tokens:
+             chunk_rows: int = CHUNK_ROWS, ascii_tokenizer=None, wordpiece=None, truncation: str = "head",
+             head_tokens: int | None = None, full_tokenizer=None) -> Tokens:
     """Encode `inputs` (texts, or (text, pair) tuples) with truncation at `max_length`.
 
     window: every overflowing piece becomes a segment right after its row's first one (else only the first).
     types: also return token type ids. pool: a concurrent.futures executor; chunks run on it, order kept.
     ascii_tokenizer: `ascii_twin(tokenizer)`, used for single texts that are pure ASCII.
-    wordpiece: `wordpiece_twin(tokenizer)`, used for single texts when token types are not asked for."""
+    wordpiece: `wordpiece_twin(tokenizer)`, used for single texts when token types are not asked for.
+    truncation: which text tokens a text longer than a segment keeps: the first ones (head), the last ones
+    (tail), or `head_tokens` first and the rest of the room last (head+tail), always inside the template's
+    special tokens. Windows cover the whole text whatever it says; text pairs take head only.
+    full_tokenizer: `untruncated(tokenizer)`, made here when tail or head+tail needs it and none is given."""
     chunks = [inputs[i:i + chunk_rows] for i in range(0, len(inputs), chunk_rows)]
     stride = (tokenizer.truncation or {}).get("stride", 0)
-    if wordpiece is not None and inputs and not types and not isinstance(inputs[0], tuple) \
+    paired = bool(inputs) and isinstance(inputs[0], tuple)
+    if truncation != "head" and paired and not window:
+        raise InputError(f"--truncation {truncation} cuts single texts only; text pairs take --truncation head.")
+    if truncation != "head" and not window:
+        head = default_head_tokens(max_length) if head_tokens is None else head_tokens
+        head = 0 if truncation == "tail" else head
+        if wordpiece is not None and inputs and not types and _fits_template(wordpiece, max_length, 0):
+            def work(chunk):
+                full = wordpiece.encode_batch(chunk, parallel=False)
+                prefix, suffix = len(wordpiece.backend.prefix_ids), len(wordpiece.backend.suffix_ids)
+                return _cut(full.ids.astype(np.int64), full.offsets, None, prefix, suffix, max_length, head)
+        else:
+            full_tokenizer = full_tokenizer or untruncated(tokenizer)
+            prefix, suffix = _template_ends(full_tokenizer)
+
+            def work(chunk):
+                return _cut_encodings(full_tokenizer.encode_batch_fast(chunk, add_special_tokens=True), types,
+                                      prefix, suffix, max_length, head)
+    elif wordpiece is not None and inputs and not types and not paired \
             and _fits_template(wordpiece, max_length, stride if window else 0):
         def work(chunk):
             return _wordpiece_chunk(wordpiece, chunk, max_length, window, stride)
@@ -147,6 +195,47 @@ def _fits_template(wordpiece, max_length: int, stride: int) -> bool:
     """Whether a segment of `max_length` leaves room for text after the special tokens, and windows advance."""
     room = max_length - len(wordpiece.backend.prefix_ids) - len(wordpiece.backend.suffix_ids)
     return room > 0 and room - stride > 0
+
+
+def _template_ends(full_tokenizer) -> tuple[int, int]:
+    """How many special tokens the single-text template puts before and after the text."""
+    sequence = full_tokenizer.encode("a", add_special_tokens=True).sequence_ids
+    prefix = next(i for i, s in enumerate(sequence) if s is not None)
+    suffix = next(i for i, s in enumerate(reversed(sequence)) if s is not None)
+    return prefix, suffix
+
+
+def _cut_encodings(encodings: list, types: bool, prefix: int, suffix: int, max_length: int, head: int) -> Tokens:
+    """Untruncated encodings from the tokenizers library as flat arrays, cut by `_cut`."""
+    lengths = np.fromiter((len(e.ids) for e in encodings), np.int64, len(encodings))
+    ids = _flatten([e.ids for e in encodings], lengths)
+    type_ids = _flatten([e.type_ids for e in encodings], lengths) if types else None
+    return _cut(ids, _offsets(lengths), type_ids, prefix, suffix, max_length, head)
+
+
+def _cut(ids: np.ndarray, offsets: np.ndarray, types: np.ndarray | None, prefix: int, suffix: int,
+         max_length: int, head: int) -> Tokens:
+    """Full encodings (template's `prefix` and `suffix` special tokens around each text) cut to `max_length`:
+    a text longer than the room keeps its first `head` tokens and its last `room - head` (head 0 = tail),
+    its special tokens around them; shorter texts are kept whole. Each row is cut on its own, so the result
+    does not depend on which rows share a call."""
+    n = len(offsets) - 1
+    room = max_length - prefix - suffix
+    text_len = np.diff(offsets) - prefix - suffix
+    truncated = text_len > room
+    if not truncated.any():
+        return Tokens(ids, offsets, types, np.arange(n, dtype=np.int64), truncated)
+    head = min(head, room)
+    heads = np.where(truncated, head, text_len)  # a row kept whole is all head
+    tails = np.where(truncated, room - head, 0)
+    starts, ends = offsets[:-1], offsets[1:]
+    # per row: prefix, head text, tail text, suffix, as (start, length) runs in the full encoding
+    runs_start = np.stack([starts, starts + prefix, ends - suffix - tails, ends - suffix], axis=1).ravel()
+    runs_len = np.stack([np.full(n, prefix), heads, tails, np.full(n, suffix)], axis=1).ravel()
+    positions = _ranges(runs_start, runs_len)
+    out_offsets = _offsets(prefix + heads + tails + suffix)
+    return Tokens(ids[positions], out_offsets, None if types is None else types[positions],
+                  np.arange(n, dtype=np.int64), truncated)
 
 
 def _wordpiece_chunk(wordpiece, inputs: list, max_length: int, window: bool, stride: int) -> Tokens:

@@ -11,13 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from .assets import resolve_model
-from .calibrate import calibration_measures, fit_record, recorded_temperature
+from .calibrate import calibration_measures, fit_record
+from .temperature import recorded_temperature
 from .checkpoint import load_classifier, load_tokenizer
 from .config import TrainConfig
 from .data import LabeledData, file_hashes, read_labeled, split
-from .errors import InputError, require
+from .errors import InputError, ModelError, require
 from .manifest import MANIFEST, replace_dir, sha256_file, versions, write_json_atomic
 from .metrics import metrics_from_logits
+from .runtime import available_cpus
+from .tokenize import ascii_twin, default_head_tokens, tokenize, untruncated, wordpiece_twin
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,8 @@ def fine_tune(data: str | Path, output: str | Path, config: TrainConfig | None =
     """Fine-tune `config.base_model` on a labeled table and write a checkpoint directory to `output`.
 
     Prints nothing: `progress(event, value)` hears `("steps", total)`, `("step", done)` and, after each
-    epoch's evaluation, `("epoch", {"epoch", "train_loss", "eval_loss", <eval metrics>})`.
+    epoch's evaluation, `("epoch", {"epoch", "train_loss", "eval_loss", <eval metrics>, "rows_per_s",
+    "seconds_left"})`.
 
     Returns the manifest written to `output/bertbatch.json`. Nothing appears under `output` unless
     training succeeds: the checkpoint is built in a temporary sibling directory and renamed into place.
@@ -56,13 +60,19 @@ def fine_tune(data: str | Path, output: str | Path, config: TrainConfig | None =
     )
     max_length = _max_length(config.max_length, tokenizer, model)
     frozen = freeze(model, config.freeze)
+    threads = available_cpus()
+    torch.set_num_threads(threads)  # torch counts the host's cores; this process may use fewer
+    precision = training_precision(config.precision, torch)
+    truncation = {"strategy": config.truncation,
+                  "head_tokens": default_head_tokens(max_length) if config.head_tokens is None else config.head_tokens}
 
-    encode = lambda d: _encode(tokenizer, d, max_length)  # noqa: E731
+    reader = TextReader(tokenizer, max_length, truncation["strategy"], truncation["head_tokens"])
+    encode = lambda d: _encode(reader, d)  # noqa: E731
     weights = _class_weights(train_set) if config.class_weights == "auto" else None
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".bertbatch-train-", dir=output.parent) as workdir:
         trainer = _trainer(model, tokenizer, encode(train_set), encode(val_set), config, workdir, weights, torch,
-                           progress)
+                           progress, bf16=precision["autocast"] == "bf16")
         trainer.train()
         # group_by_length also reorders predict() batches (transformers 4.57), so score against the label_ids
         # returned with the predictions, never against test_set.targets in input order
@@ -82,6 +92,7 @@ def fine_tune(data: str | Path, output: str | Path, config: TrainConfig | None =
             "labels": train_set.labels,
             "problem_type": model.config.problem_type,
             "max_length": max_length,
+            "truncation": truncation,  # how every engine cuts texts longer than max_length (score.resolve_truncation)
             "text_column": config.text_column,
             "train": {
                 "base_model": config.base_model,
@@ -90,6 +101,8 @@ def fine_tune(data: str | Path, output: str | Path, config: TrainConfig | None =
                 "rows": {"train": len(train_set), "validation": len(val_set), "test": len(test_set)},
                 "config": asdict(config),
                 "frozen_parameters": frozen,
+                "threads": threads,
+                "precision": precision,
                 "best_validation": {k: v for k, v in val_metrics.items() if isinstance(v, (int, float))},
                 "test_metrics": test_metrics,
                 "seconds": round(time.time() - started, 1),
@@ -175,12 +188,69 @@ def freeze(model, mode: str) -> int:
     return count
 
 
-def _encode(tokenizer, data: LabeledData, max_length: int) -> list[dict]:
-    enc = tokenizer(data.texts, truncation=True, max_length=max_length)
-    rows = [{k: enc[k][i] for k in enc.keys()} for i in range(len(data))]
-    for row, target in zip(rows, data.targets):
+class TextReader:
+    """Texts -> token ids exactly as `score` reads them: the saved tokenizer.json's tokenizer truncating at
+    max_length, bertbatch.tokenize's cut (strategy, head tokens) and its backends (nanotoken, ascii twin)."""
+
+    def __init__(self, tokenizer, max_length: int, truncation: str, head_tokens: int):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ModelError("train needs a fast tokenizer (tokenizer.json): score reads texts with it.")
+        self.tokenizer = type(backend).from_str(backend.to_str())
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length)
+        self.max_length, self.truncation, self.head_tokens = max_length, truncation, head_tokens
+        self.types = any(self.tokenizer.encode("a").type_ids)  # as Scorer: types only where the template sets them
+        self.ascii = ascii_twin(self.tokenizer)
+        self.wordpiece = wordpiece_twin(self.tokenizer)
+        self.full = untruncated(self.tokenizer) if truncation != "head" else None
+
+    def __call__(self, texts: list[str]):
+        return tokenize(self.tokenizer, texts, self.max_length, False, self.types, ascii_tokenizer=self.ascii,
+                        wordpiece=self.wordpiece, truncation=self.truncation, head_tokens=self.head_tokens,
+                        full_tokenizer=self.full)
+
+
+def _encode(reader: TextReader, data: LabeledData) -> list[dict]:
+    """One dict per row (input_ids, attention_mask, token_type_ids where typed, labels), tokenized once."""
+    tokens = reader(data.texts)
+    offsets = tokens.offsets.tolist()
+    ids = tokens.ids.tolist()
+    types = tokens.types.tolist() if tokens.types is not None else None
+    rows = []
+    for i, target in enumerate(data.targets):
+        a, b = offsets[i], offsets[i + 1]
+        row = {"input_ids": ids[a:b], "attention_mask": [1] * (b - a)}
+        if types is not None:
+            row["token_type_ids"] = types[a:b]
         row["labels"] = target.tolist() if data.multi_label else int(target)
+        rows.append(row)
     return rows
+
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo names of CPU bf16 matrix / dot-product units
+
+
+def bf16_autocast(choice: str, cpu_flags: set[str], cuda_bf16: bool) -> bool:
+    """Whether training runs under bf16 autocast: asked for (bf16), refused (fp32), or on `auto` where the
+    device has bf16 units: a CUDA GPU that supports it, else a CPU with AMX-BF16 or AVX512-BF16 (without them
+    torch emulates bf16, slower than fp32)."""
+    if choice != "auto":
+        return choice == "bf16"
+    return cuda_bf16 or any(flag in cpu_flags for flag in BF16_CPU_FLAGS)
+
+
+def training_precision(choice: str, torch) -> dict:
+    """The autocast train uses and why, recorded with the CPU model and its bf16 flags."""
+    from .bench import cpu_model
+    from .machine import cpu_flags
+
+    flags = cpu_flags()
+    cuda = torch.cuda.is_available()
+    cuda_bf16 = cuda and torch.cuda.is_bf16_supported()
+    return {"autocast": "bf16" if bf16_autocast(choice, flags, cuda_bf16) else "fp32", "choice": choice,
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu", "cpu": cpu_model(),
+            "cpu_bf16_flags": [f for f in BF16_CPU_FLAGS if f in flags]}
 
 
 def _class_weights(data: LabeledData) -> np.ndarray:
@@ -192,7 +262,8 @@ def _class_weights(data: LabeledData) -> np.ndarray:
     return (len(data) / (len(data.labels) * np.maximum(counts, 1))).astype(np.float32)
 
 
-def _trainer(model, tokenizer, train_rows, val_rows, config: TrainConfig, workdir, weights, torch, progress=None):
+def _trainer(model, tokenizer, train_rows, val_rows, config: TrainConfig, workdir, weights, torch, progress=None,
+             bf16: bool = False):
     import transformers
 
     multi = config.multi_label
@@ -233,7 +304,8 @@ def _trainer(model, tokenizer, train_rows, val_rows, config: TrainConfig, workdi
         # barely-trained epoch
         metric_for_best_model="loss",
         greater_is_better=False,
-        group_by_length=True,
+        group_by_length=True,  # length-sorted mega-batches: DataCollatorWithPadding pads each to its longest row
+        bf16=bf16,
         seed=config.seed,
         data_seed=config.seed,
         report_to=[],
@@ -258,20 +330,22 @@ def _trainer(model, tokenizer, train_rows, val_rows, config: TrainConfig, workdi
     trainer.remove_callback(transformers.trainer_callback.PrinterCallback)
     trainer.remove_callback(transformers.trainer_callback.ProgressCallback)
     if progress is not None:
-        trainer.add_callback(_progress_callback(progress))
+        trainer.add_callback(_progress_callback(progress, len(train_rows)))
     return trainer
 
 
-def _progress_callback(progress):
+def _progress_callback(progress, train_rows: int):
     """A TrainerCallback that turns Trainer's events into `progress(event, value)` calls."""
     import transformers
 
     class Report(transformers.TrainerCallback):
         train_loss = None
         training = False
+        started = 0.0
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.training = True
+            self.started = time.perf_counter()
             progress("steps", state.max_steps)
 
         def on_train_end(self, args, state, control, **kwargs):
@@ -289,9 +363,19 @@ def _progress_callback(progress):
                 row = {"epoch": round(state.epoch or 0), "train_loss": self.train_loss}
                 row.update({k.removeprefix("eval_"): v for k, v in metrics.items()
                             if isinstance(v, float) and k != "epoch" and not k.endswith(("_runtime", "_per_second"))})
+                row.update(_pace(time.perf_counter() - self.started, state.global_step, state.max_steps,
+                                 train_rows * (state.epoch or 0)))
                 progress("epoch", row)
 
     return Report()
+
+
+def _pace(elapsed: float, steps_done: int, steps_total: int, rows_done: float) -> dict:
+    """Training rows per second so far (evaluation included) and the seconds the remaining steps should take."""
+    if elapsed <= 0 or steps_done <= 0:
+        return {"rows_per_s": None, "seconds_left": None}
+    return {"rows_per_s": round(rows_done / elapsed, 1),
+            "seconds_left": round(elapsed / steps_done * max(steps_total - steps_done, 0), 1)}
 
 
 def _write_test_split(path: Path, data: LabeledData) -> None:

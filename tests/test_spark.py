@@ -307,3 +307,27 @@ def test_spark_embeddings_equal_the_local_scorers(spark_session, tiny_exported, 
     rows = {row["id"]: row["embedding"] for row in scored.select("id", "embedding").collect()}
     assert rows == local  # same float32 values, nulls for the null/empty/blank texts
     assert sum(v is None for v in rows.values()) == 3
+
+
+def test_executors_read_long_texts_as_the_model_directory_records(spark_session, tiny_exported, tmp_path):
+    """A model whose bertbatch.json records head+tail: Spark's executors cut long texts that way without a flag."""
+    from bertbatch import Scorer
+    from bertbatch.manifest import update_manifest
+
+    model = tmp_path / "ht"
+    shutil.copytree(tiny_exported, model)
+    update_manifest(model, truncation={"strategy": "head+tail", "head_tokens": 40})
+    texts, _ = make_texts(40, seed=11)
+    texts = [" ".join([t] * 50) + f" {i} the end" for i, t in enumerate(texts)]  # 150+ words: past 128 tokens
+    ids = [f"{i:03d}" for i in range(len(texts))]
+    path = tmp_path / "long.parquet"
+    pq.write_table(pa.table({"id": ids, "text": texts}), path)
+
+    scored = bspark.score(spark_session.read.parquet(str(path)), model, config=ScoreConfig(graph="fp32"))
+    rows = [row.asDict() for row in scored.collect()]
+    assert all(row["truncated"] for row in rows)
+    explicit = Scorer(model, graph="fp32", truncation="head+tail", head_tokens=40).predict(texts)
+    head = Scorer(model, graph="fp32", truncation="head").predict(texts)
+    local = [{"id": i, "label": r["label"], "score": r["score"]} for i, r in zip(ids, explicit)]
+    _assert_same_rows(local, rows, ["label", "score"])
+    assert any(abs(h["score"] - e["score"]) > 1e-4 for h, e in zip(head, explicit))
