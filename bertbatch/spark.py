@@ -640,6 +640,9 @@ def _spark_types(batch: pa.RecordBatch) -> pa.RecordBatch:
     column = batch.column(index)
     return batch.set_column(index, pa.field("embedding", pa.list_(column.type.value_type)),
                             column.cast(pa.list_(column.type.value_type)))
+
+
+def _worker_scorer(job: _Job) -> Scorer:
     """This worker's Scorer for the job, built (and its files checked against the driver's) on first use."""
     from pyspark import TaskContext
 
