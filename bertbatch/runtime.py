@@ -148,7 +148,8 @@ class OrtRunner:
             self.session = ort.InferenceSession(str(graph), sess_options=options, providers=providers,
                                                 disabled_optimizers=disabled)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-            raise ModelError(f"onnxruntime cannot load {graph}: {exc}") from None
+            raise ModelError(f"onnxruntime cannot load {graph}: {exc}. The file is damaged or not ONNX; run "
+                             f"`bertbatch export` on the model directory again.") from None
         active = self.session.get_providers()
         if provider == CUDA and active[0] != CUDA:
             # ORT silently falls back to CPU when CUDA libraries are missing: make that loud.

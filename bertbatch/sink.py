@@ -99,9 +99,12 @@ class Sink:
             pass
         finally:
             if self.stream is None:
-                self.fh.close()
-                if self.raw is not None:
-                    self.raw.close()
+                for handle in (self.fh, self.raw):
+                    try:
+                        if handle is not None:
+                            handle.close()
+                    except OSError:  # a full disk fails the flush again: the temp file goes all the same
+                        pass
                 self.tmp.unlink(missing_ok=True)
 
 

@@ -39,6 +39,8 @@ def texts():
 def probs(model, graph, texts, order=None, **options) -> np.ndarray:
     """Probabilities of `texts` scored in `order` (default: as given), returned in the texts' own order."""
     order = np.arange(len(texts)) if order is None else np.asarray(order)
+    # raw probabilities: the contract is the graph's (a recorded calibration is a row-wise division after it)
+    options.setdefault("calibration", "none")
     result = Scorer(model, graph=graph, provider="cpu", **options).logits([texts[i] for i in order]).probs
     out = np.empty_like(result)
     out[order] = result

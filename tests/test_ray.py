@@ -10,6 +10,7 @@ import glob
 import ipaddress
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -160,9 +161,13 @@ def test_worker_node_lost_mid_job_every_row_written_once(cluster, tiny_exported,
             deadline = time.monotonic() + 300
             while not list(out.glob("part-*")) and time.monotonic() < deadline:
                 assert driver.poll() is None, stderr.read_text()[-3000:]
-                time.sleep(0.2)
-            assert driver.poll() is None and not (out / "_SUCCESS").exists()  # the job is under way
-            cluster.kill_worker(lost)
+                time.sleep(0.01)
+            os.kill(driver.pid, signal.SIGSTOP)  # held at its first part, so a quiet machine cannot finish first
+            try:
+                assert driver.poll() is None and not (out / "_SUCCESS").exists()  # the job is under way
+                cluster.kill_worker(lost)
+            finally:
+                os.kill(driver.pid, signal.SIGCONT)
             output, _ = driver.communicate(timeout=400)
         finally:
             if driver.poll() is None:

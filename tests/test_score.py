@@ -243,10 +243,10 @@ def test_cuda_requested_without_cuda_is_an_error():
 
 
 def test_threads_follow_affinity_not_host_count(monkeypatch):
-    from bertbatch import runtime
+    from bertbatch import machine
 
-    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0})
-    assert runtime.available_cpus() == 1
+    monkeypatch.setattr(machine.os, "sched_getaffinity", lambda pid: {0})
+    assert machine.available_cpus() == 1
 
 
 class _FakeSession:

@@ -9,6 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -327,7 +328,10 @@ def test_executors_read_long_texts_as_the_model_directory_records(spark_session,
     rows = [row.asDict() for row in scored.collect()]
     assert all(row["truncated"] for row in rows)
     explicit = Scorer(model, graph="fp32", truncation="head+tail", head_tokens=40).predict(texts)
-    head = Scorer(model, graph="fp32", truncation="head").predict(texts)
     local = [{"id": i, "label": r["label"], "score": r["score"]} for i, r in zip(ids, explicit)]
     _assert_same_rows(local, rows, ["label", "score"])
-    assert any(abs(h["score"] - e["score"]) > 1e-4 for h, e in zip(head, explicit))
+    # the strategy matters for these texts: raw logits of head and head+tail differ (a recorded calibration
+    # can flatten the scores' difference below any fixed tolerance)
+    head = Scorer(model, graph="fp32", truncation="head").logits(texts).logits
+    both = Scorer(model, graph="fp32", truncation="head+tail", head_tokens=40).logits(texts).logits
+    assert np.abs(head - both).max() > 1e-4

@@ -294,5 +294,6 @@ def test_non_utf8_binary_partition_values_are_refused_naming_the_column(tmp_path
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"k": pa.array([b"ok", b"\xff\xfe"], pa.binary()), "text": ["good", "bad"]}), src)
     out = tmp_path / "out"
-    cli("score", model, src, "-o", out, "--partition-by", "k").assert_error(1, "--partition-by k", "not UTF-8")
+    cli("score", model, src, "-o", out, "--partition-by", "k").assert_error(1, "column 'k'", "not UTF-8",
+                                                                            "--partition-by")
     assert _partition_dirs(out) == []
