@@ -10,7 +10,8 @@ Every contender gets the same 2 CPUs:
   ray-2   a head and a worker node, 1 CPU each (tests/raycluster.py; 2 actors of 1 thread)
   spark   --master local[2]
 The Ray clusters are started once, before the rounds (a long-lived cluster); Spark's session starts per run,
-as the CLI does. Prints a Markdown table and appends a JSON line to benchmarks/results/engines.jsonl with the
+as the CLI does. Peak resident memory: the CLI's process tree (Spark's JVM included) plus, on Ray, every process
+of the cluster (raylets, GCS, object store, actors), sampled every 0.1 s. Prints a Markdown table and appends a JSON line to benchmarks/results/engines.jsonl with the
 CPU model and flags and the load average before and after.
 
     .venv/bin/python benchmarks/bench_engines.py MODEL_DIR [--rows 4000] [--small 10] [--rounds 2] [--graph fp32]
@@ -25,10 +26,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import common
+import psutil
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -48,15 +51,53 @@ def loadavg() -> str:
     return Path("/proc/loadavg").read_text().split(" ")[0]
 
 
-def run(args: list[str], env: dict) -> tuple[float, dict]:
+def tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (0 once it is gone)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0
+    total = 0
+    for proc in procs:
+        try:
+            total += proc.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def run(args: list[str], env: dict, cluster=None) -> tuple[float, dict, float]:
+    """Seconds, the summary, and the peak resident MB of the run: the CLI process tree (with Spark's JVM), plus,
+    on Ray, every process of the cluster (raylets, object store, actors), sampled every 0.1 s."""
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "bertbatch", "score", *map(str, args)], capture_output=True,
-                          text=True, env=env, check=False)
+    child = subprocess.Popen([sys.executable, "-m", "bertbatch", "score", *map(str, args)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    peak = {"rss": 0}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            rss = tree_rss(child.pid)
+            if cluster is not None:
+                for proc in cluster.processes():
+                    try:
+                        rss += proc.memory_info().rss
+                    except psutil.NoSuchProcess:
+                        pass
+            peak["rss"] = max(peak["rss"], rss)
+            done.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = child.communicate()
     seconds = time.perf_counter() - started
-    if done.returncode:
-        raise SystemExit(f"bertbatch score {' '.join(map(str, args))} failed:\n{done.stderr[-3000:]}")
-    last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "{}"
-    return seconds, json.loads(last) if last.startswith("{") else {}
+    done.set()
+    sampler.join()
+    if child.returncode:
+        raise SystemExit(f"bertbatch score {' '.join(map(str, args))} failed:\n{stderr[-3000:]}")
+    last = stdout.strip().splitlines()[-1] if stdout.strip() else "{}"
+    return seconds, json.loads(last) if last.startswith("{") else {}, peak["rss"] / 2**20
 
 
 def main() -> None:
@@ -82,6 +123,7 @@ def main() -> None:
     two = RayCluster(workers=1, cpus=1, env=env)
     skip = set(filter(None, args.skip.split(",")))
     results: dict[str, dict[int, list[float]]] = {}
+    memory: dict[str, list[float]] = {}
     with one, two:
         contenders = {
             "local": ["--threads", "2"],
@@ -89,16 +131,20 @@ def main() -> None:
             "ray-2": ["--engine", "ray", "--address", two.address],
             "spark": ["--engine", "spark", "--master", "local[2]", "--spark-conf", "spark.ui.enabled=false"],
         }
+        clusters = {"ray-1": one, "ray-2": two}
         contenders = {k: v for k, v in contenders.items() if k not in skip}
         loads = []
         for round_ in range(args.rounds):
             for name, extra in contenders.items():
                 for n in (args.small, args.rows):
                     out = scratch / f"out-{name}-{n}-{round_}"
-                    seconds, _ = run([args.model, inputs[n], "-o", out, "--graph", args.graph, *extra], env)
+                    seconds, _, rss = run([args.model, inputs[n], "-o", out, "--graph", args.graph, *extra], env,
+                                          clusters.get(name))
                     results.setdefault(name, {}).setdefault(n, []).append(seconds)
+                    memory.setdefault(name, []).append(rss)
                     loads.append(float(loadavg()))
-                    print(f"round {round_} {name:6s} {n:6d} rows {seconds:7.2f} s  load {loads[-1]}", flush=True)
+                    print(f"round {round_} {name:6s} {n:6d} rows {seconds:7.2f} s  peak {rss:6.0f} MB  "
+                          f"load {loads[-1]}", flush=True)
     rows = []
     record = {"bench": "engines", "time": common.now(), "rows": args.rows, "small": args.small, "graph": args.graph,
               "rounds": args.rounds, "cpu": common.cpu_name(), "cpu_flags": cpu_flags(), "cpus": os.cpu_count(),
@@ -109,10 +155,11 @@ def main() -> None:
         total = statistics.median(timings[args.rows])
         rate = (args.rows - args.small) / (total - start) if total > start else None
         record["engines"][name] = {"startup_s": round(start, 2), "total_s": round(total, 2),
-                                   "rows_per_s": round(rate, 1) if rate else None, "timings": timings}
-        rows.append([name, f"{start:.2f}", f"{total:.2f}", common.num(rate)])
+                                   "rows_per_s": round(rate, 1) if rate else None, "timings": timings,
+                                   "peak_rss_mb": round(max(memory[name]))}
+        rows.append([name, f"{start:.2f}", f"{total:.2f}", common.num(rate), f"{max(memory[name]):.0f}"])
     print(common.markdown_table(["engine", f"start-up ({args.small} rows), s", f"{args.rows} rows, s",
-                                 "rows/s after start-up"], rows))
+                                 "rows/s after start-up", "peak resident MB (all its processes)"], rows))
     print(json.dumps(record))
     print(common.append_jsonl("engines", record))
 

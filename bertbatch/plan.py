@@ -213,13 +213,22 @@ def file_windows(files, columns: list[str], config: ScoreConfig, rejects, job: J
 
 
 # ------------------------------------------------------------------------------------- distributed set-up
-def check_directory_output(output, files: list, config: ScoreConfig, engine: str) -> None:
-    """Refusals of an engine that writes a Parquet directory with its own commit protocol (Spark)."""
+def refuse_non_parquet_output(output, config: ScoreConfig, engine: str) -> None:
+    """What an engine that writes only a Parquet directory (Spark, Ray) refuses: stdout, another format."""
     if str(output) == "-":
         raise InputError(f"The {engine} engine writes a Parquet directory; it cannot stream to stdout. Give -o a path.")
-    fmt = config.output_format or output_format(str(output), None)
+    if config.output_format not in (None, "parquet"):
+        raise InputError(f"The {engine} engine writes Parquet only; --format {config.output_format} is available "
+                         "with --engine local. Leave --format out or use --engine local.")
+    fmt = output_format(str(output), None)
     if fmt != "parquet":
-        raise InputError(f"The {engine} engine writes Parquet only; got {fmt}. Use a directory path or --engine local.")
+        raise InputError(f"The {engine} engine writes Parquet only; {output} names a {fmt} file. Give -o a "
+                         "directory path or use --engine local.")
+
+
+def check_directory_output(output, files: list, config: ScoreConfig, engine: str) -> None:
+    """Refusals of an engine that writes a Parquet directory with its own commit protocol (Spark)."""
+    refuse_non_parquet_output(output, config, engine)
     text = str(output)
     if "://" in text and not text.startswith("file:"):
         return  # a remote file system: the engine's own exists check decides

@@ -135,12 +135,10 @@ def _require_ray():
 
 
 def _check_options(output, config: ScoreConfig) -> None:
-    from .sink import output_format
+    from .plan import refuse_non_parquet_output
 
-    if str(output) == "-":
-        raise InputError("The Ray engine writes a Parquet directory; it cannot stream to stdout. Give -o a path.")
-    fmt = config.output_format or output_format(str(output), None)
-    if fmt != "parquet" or Path(str(output)).suffix:
+    refuse_non_parquet_output(output, config, "Ray")
+    if Path(str(output)).suffix:  # the local part writer would take a suffixed path for a single file
         raise InputError(f"The Ray engine writes a Parquet directory (an -o path without a file suffix); got "
                          f"{output}. Give a directory path or use --engine local.")
     if config.on_bad_rows == "reject":

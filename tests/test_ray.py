@@ -272,7 +272,9 @@ def test_ray_engine_refuses_what_it_cannot_do(tiny_exported, rows_path, tmp_path
 
     for output, options, message in [
         ("-", {}, "cannot stream to stdout"),
-        (tmp_path / "out.csv", {}, "Parquet directory"),
+        (tmp_path / "out.csv", {}, "names a csv file"),
+        (tmp_path / "out.parquet", {}, "Parquet directory"),
+        (tmp_path / "out", {"output_format": "csv"}, "writes Parquet only; --format csv"),
         (tmp_path / "out", {"on_bad_rows": "reject"}, "--on-bad-rows reject is not available with --engine ray"),
     ]:
         with pytest.raises(InputError, match=message):
