@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import HERE, append_jsonl, cpu_name, emit, markdown_table, now, num, write_table
+from common import HERE, append_jsonl, cpu_name, emit, extract, markdown_table, now, num, write_table
 
 REPO = HERE.parent
 ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_tile")
@@ -83,14 +83,6 @@ def model_dir(path: Path) -> Path:
     config.update(id2label={"0": "ham", "1": "spam"}, label2id={"ham": 0, "spam": 1})
     (path / "config.json").write_text(json.dumps(config))
     return path
-
-
-def extract(ref: str, into: Path) -> Path:
-    """The bertbatch package as it is at git `ref`, unpacked into `into` (to put first on PYTHONPATH)."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "bertbatch"], check=True, capture_output=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into
 
 
 def measure(code: Path, cpus: int, model: Path, data: Path, warmup: Path, out: Path, graph: str | None = None) -> dict:

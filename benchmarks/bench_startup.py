@@ -29,7 +29,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import append_jsonl, git_commit, markdown_table, now  # noqa: E402
+from common import append_jsonl, extract, git_commit, markdown_table, now  # noqa: E402
 
 CHILD = r"""
 import sys, time, json
@@ -56,14 +56,6 @@ finally:
         "modules": sorted(
         m for m in ("onnx", "pandas", "torch", "transformers") if sys.modules.get(m) is not None)}}), file=sys.stderr)
 """
-
-
-def extract(ref: str, into: Path) -> Path:
-    """The bertbatch package as it is at git `ref`, unpacked into `into` (to put first on PYTHONPATH)."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "bertbatch"], check=True, capture_output=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into
 
 
 def measure(code: Path, argv: list[str], hide_pandas: bool, profile: bool = False) -> dict:

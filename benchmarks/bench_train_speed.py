@@ -56,13 +56,6 @@ print("RESULT " + json.dumps({{"wall": time.perf_counter() - started, "train": m
 """
 
 
-def extract(ref: str, into: Path) -> Path:
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "bertbatch"], check=True, capture_output=True)
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
-    return into
-
-
 def run_variant(code: Path, kwargs: dict, no_groups: bool) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code), "HF_HUB_OFFLINE": "1"}
     load = os.getloadavg()[0]
@@ -107,7 +100,7 @@ def main() -> None:
     test = test.take(np.sort(rng.choice(test.num_rows, min(args.test_rows, test.num_rows), replace=False)))
     pq.write_table(train, scratch / "train.parquet")
     pq.write_table(test, scratch / "test.parquet")
-    before = extract(args.before, scratch / "before")
+    before = common.extract(args.before, scratch / "before")
     variants = {"before": (before, False, {}), "after": (REPO, False, {}),
                 "after, no length groups": (REPO, True, {})}
     if bf16_units:

@@ -91,13 +91,23 @@ def train_one(work: Path, name: str, train_path: Path, test_path: Path, args, tr
 
     out = work / name
     load_before = os.getloadavg()
+    epochs = []  # train's per-epoch progress rows: rows/s so far (evaluation included)
+
+    def progress(event, value):
+        if event == "epoch":
+            epochs.append({"epoch": value["epoch"], "rows_per_s": value["rows_per_s"],
+                           "eval_accuracy": round(value.get("accuracy", float("nan")), 5),
+                           "at_s": round(time.perf_counter() - started, 1)})
+
+    started = time.perf_counter()
     manifest = fine_tune(train_path, out, base_model="minilm-l6", epochs=args.epochs, lr=args.lr,
                          batch_size=args.batch_size, max_length=args.max_length, truncation=truncation,
                          test_data=str(test_path), early_stopping_patience=10, seed=args.seed, quiet=True,
-                         labels=args.labels)
+                         labels=args.labels, progress=progress)
     m = manifest["train"]
     return out, {"accuracy": round(m["test_metrics"]["accuracy"], 5), "macro_f1": round(m["test_metrics"]["macro_f1"], 5),
                  "train_seconds": m["seconds"], "train_rows": m["rows"]["train"], "head_tokens": manifest["truncation"]["head_tokens"],
+                 "epochs": epochs,
                  "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
 
 

@@ -19,9 +19,18 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
 # BENCH_RESULTS_DIR redirects the JSON lines (e.g. for smoke runs that should not land in the real results).
 RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or HERE / "results")
 PACKAGES = ("onnxruntime", "torch", "transformers", "tokenizers", "pyarrow")
+
+
+def extract(ref: str, into: Path) -> Path:
+    """The bertbatch package as it is at git `ref`, unpacked into `into` (to put first on PYTHONPATH)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, "bertbatch"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
 
 
 # ------------------------------------------------------------------------------------------------ inputs
