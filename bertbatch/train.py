@@ -71,15 +71,18 @@ def fine_tune(data: str | Path, output: str | Path, config: TrainConfig | None =
     weights = _class_weights(train_set) if config.class_weights == "auto" else None
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".bertbatch-train-", dir=output.parent) as workdir:
-        trainer = _trainer(model, tokenizer, encode(train_set), encode(val_set), config, workdir, weights, torch,
+        val_rows = encode(val_set)  # tokenized once: every epoch's evaluation and the final pass read it
+        trainer = _trainer(model, tokenizer, encode(train_set), val_rows, config, workdir, weights, torch,
                            progress, bf16=precision["autocast"] == "bf16")
         trainer.train()
         # group_by_length also reorders predict() batches (transformers 4.57), so score against the label_ids
         # returned with the predictions, never against test_set.targets in input order
         test = trainer.predict(encode(test_set))
         test_metrics = metrics_from_logits(test.predictions, test.label_ids, test_set.labels, config.multi_label)
-        val_metrics = trainer.evaluate()
-        calibration = _fit_calibration(trainer.predict(encode(val_set)), test, train_set.labels, config, data)
+        # one pass of the best model over validation gives both its metrics and the logits calibration fits on
+        val = trainer.predict(val_rows, metric_key_prefix="eval")
+        val_metrics = {**val.metrics, "epoch": trainer.state.epoch}
+        calibration = _fit_calibration(val, test, train_set.labels, config, data)
 
         staging = Path(workdir) / "model"
         model = trainer.model
