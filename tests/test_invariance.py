@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from helpers import make_texts, write_parquet
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from bertbatch import Scorer
@@ -60,7 +60,10 @@ def reference(tiny_exported, texts):
 
 @pytest.mark.parametrize("graph", GRAPHS)
 def test_random_budgets_and_row_orders_give_the_same_outputs(tiny_exported, texts, reference, graph):
-    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    # no shrinking: each example builds a Scorer and scores every text, and shrinking a failure (as the dynamic
+    # int8 graph fails by contract) took ~50 examples and 140 s; the first failing example is reported as found
+    @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+              phases=[Phase.explicit, Phase.generate])
     @given(max_tokens=st.integers(8, 4096), max_rows=st.integers(1, 96), seed=st.integers(0, 2**16))
     def check(max_tokens, max_rows, seed):
         order = np.random.default_rng(seed).permutation(len(texts))
