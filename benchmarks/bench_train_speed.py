@@ -37,8 +37,7 @@ sys.path.insert(0, str(REPO))
 
 # The child: fine_tune with the variant's code on PYTHONPATH; prints the manifest's train figures as JSON.
 CHILD = r"""
-import json, sys, time
-sys.argv = ["train"]
+import json, time
 no_groups = {no_groups}
 if no_groups:
     import transformers
@@ -47,10 +46,10 @@ if no_groups:
         k["group_by_length"] = False
         original(self, *a, **k)
     transformers.TrainingArguments.__init__ = without_groups
-from bertbatch.train import fine_tune
-started = time.perf_counter()
-kwargs = {kwargs}
 from bertbatch.config import TrainConfig
+from bertbatch.train import fine_tune
+kwargs = {kwargs}
+started = time.perf_counter()
 manifest = fine_tune(kwargs.pop("data"), kwargs.pop("output"), TrainConfig(**kwargs))
 print("RESULT " + json.dumps({{"wall": time.perf_counter() - started, "train": manifest["train"]}}))
 """
